@@ -1,0 +1,142 @@
+"""DICOM series reading with SimpleITK's GDCM series reader.
+
+Slices are ordered by their position along the slice normal (GDCM's sorting), never by
+InstanceNumber. A folder holding several series is an error that lists them so the user can pick
+one with ``--series-uid``; gaps and uneven slice spacing are errors too, because resampling a
+series with a missing slice silently stretches anatomy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from medgen.errors import InputError
+from medgen.io.sitk_convert import volume_from_sitk
+from medgen.io.volume import Volume
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What a user needs to tell series apart."""
+
+    uid: str
+    description: str
+    modality: str
+    n_slices: int
+    files: tuple[str, ...]
+
+    def line(self) -> str:
+        desc = self.description or "(no description)"
+        return f"{self.uid}  {self.modality or '?'}  {self.n_slices} slices  {desc}"
+
+
+def _series_ids(folder: Path) -> list[str]:
+    reader = sitk.ImageSeriesReader()
+    reader.SetGlobalWarningDisplay(False)
+    return list(reader.GetGDCMSeriesIDs(str(folder)))
+
+
+def find_series_folder(folder: Path) -> Path:
+    """The folder itself if it holds DICOM series, else its single sub-folder that does."""
+    if _series_ids(folder):
+        return folder
+    candidates = [p for p in sorted(folder.rglob("*")) if p.is_dir() and _series_ids(p)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        files = [p for p in folder.iterdir()] if folder.is_dir() else []
+        what = "is empty" if not files else "holds no readable DICOM series or volume files"
+        raise InputError(what, path=folder,
+                         fix="point the input at a DICOM series folder or a NIfTI/NRRD/MHA file")
+    listing = "; ".join(str(c) for c in candidates)
+    raise InputError(f"several sub-folders hold DICOM series: {listing}", path=folder,
+                     fix="pass the sub-folder of the series you want")
+
+
+def list_series(folder: str | Path) -> list[SeriesInfo]:
+    """All DICOM series in ``folder`` (not recursive), with UID, description, modality, size."""
+    folder = Path(folder)
+    out = []
+    for uid in _series_ids(folder):
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        try:
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+            desc, modality = str(ds.get("SeriesDescription", "")), str(ds.get("Modality", ""))
+        except Exception:  # noqa: BLE001 - a header we cannot parse still shows as a series
+            desc, modality = "", ""
+        out.append(SeriesInfo(uid, desc, modality, len(files), files))
+    return out
+
+
+def _check_slice_positions(files: tuple[str, ...], folder: Path) -> None:
+    """Raise when slices are missing or unevenly spaced along the slice normal."""
+    if len(files) < 2:
+        raise InputError(f"the series has {len(files)} slice; a 3D volume needs several", path=folder,
+                         fix="check that the whole series was exported")
+    positions, normal = [], None
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["ImagePositionPatient",
+                                                                         "ImageOrientationPatient"])
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            return  # not enough geometry to check; SimpleITK falls back to its own handling
+        if normal is None:
+            row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+            normal = np.cross(row, col)
+        positions.append(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    gaps = np.diff(np.sort(positions))
+    if np.any(gaps < 1e-3):
+        raise InputError("the series has several slices at the same position", path=folder,
+                         fix="the folder mixes acquisitions; export one series per folder or pick it with --series-uid")
+    median = float(np.median(gaps))
+    bad = np.abs(gaps - median) > max(0.05 * median, 0.01)
+    if np.any(bad):
+        worst = float(gaps[bad].max())
+        kind = "a missing slice" if worst > 1.5 * median else "uneven slice spacing"
+        raise InputError(f"{kind}: slice gaps range {gaps.min():.3g}..{gaps.max():.3g} mm "
+                         f"(typical {median:.3g} mm)", path=folder,
+                         fix="re-export the complete series, or resample it to a regular grid first")
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
+    """Read one DICOM series from ``folder`` into a :class:`Volume` (RAS affine).
+
+    Args:
+        folder: a folder of DICOM files (or a folder with exactly one series sub-folder).
+        series_uid: which series to read when the folder holds several.
+
+    Raises:
+        InputError: no series, several series and no ``series_uid``, unknown ``series_uid``,
+            or missing / unevenly spaced slices.
+    """
+    folder = find_series_folder(Path(folder))
+    series = list_series(folder)
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == series_uid]
+        if not chosen:
+            raise InputError(f"no series with UID {series_uid}; the folder holds: "
+                             + " | ".join(s.line() for s in series), path=folder,
+                             fix="pass one of the listed UIDs with --series-uid")
+    elif len(series) > 1:
+        raise InputError(f"the folder holds {len(series)} DICOM series: "
+                         + " | ".join(s.line() for s in series), path=folder,
+                         fix="pick one with --series-uid UID")
+    else:
+        chosen = series
+    info = chosen[0]
+    _check_slice_positions(info.files, folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(info.files))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"the DICOM series cannot be decoded ({str(exc).strip().splitlines()[-1]})",
+                         path=folder, fix="check the files are complete, uncompressed or in a supported transfer syntax") from exc
+    volume = volume_from_sitk(image, source=str(folder), series_uid=info.uid,
+                              meta={"modality": info.modality, "description": info.description,
+                                    "files": list(info.files)})
+    return volume

@@ -1,0 +1,134 @@
+"""Read any supported volume into a :class:`Volume`, with clear errors for bad input.
+
+Supported: NIfTI (``.nii``, ``.nii.gz``) through nibabel; NRRD (``.nrrd``, ``.nhdr``) and
+MetaImage (``.mha``, ``.mhd``) through SimpleITK; DICOM series folders through SimpleITK's GDCM
+series reader (see :mod:`medgen.io.dicom`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medgen.errors import InputError
+from medgen.io.dicom import read_dicom_series
+from medgen.io.sitk_convert import volume_from_sitk
+from medgen.io.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """True when the file name has a supported volume extension."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def read_volume(path: str | Path, *, series_uid: str | None = None, kind: str = "image") -> Volume:
+    """Read a volume file or DICOM series folder and check it is a usable 3D volume.
+
+    Args:
+        path: a NIfTI/NRRD/MHA/MHD file or a DICOM series folder.
+        series_uid: the series to read from a folder holding several.
+        kind: ``"image"`` (float32 voxels) or ``"label"`` (integer voxels, must be whole numbers).
+
+    Raises:
+        InputError: naming the file and the fix, for missing, corrupt, non-image, 2D, 4D,
+            NaN/Inf-filled volumes and ambiguous DICOM folders.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("does not exist", path=path, fix="check the path")
+    if path.is_dir():
+        volume = read_dicom_series(path, series_uid)
+    elif path.name.lower().endswith(NIFTI_SUFFIXES):
+        volume = _read_nifti(path)
+    elif path.name.lower().endswith(SITK_SUFFIXES):
+        volume = _read_sitk(path)
+    elif path.name.lower().endswith(".dcm"):
+        volume = read_dicom_series(path.parent, series_uid)
+    else:
+        raise InputError(f"unsupported file type '{''.join(path.suffixes) or path.name}'", path=path,
+                         fix="use NIfTI (.nii/.nii.gz), NRRD (.nrrd), MetaImage (.mha/.mhd) or a DICOM series folder")
+    return check_volume(volume, kind=kind)
+
+
+def _read_nifti(path: Path) -> Volume:
+    if path.stat().st_size == 0:
+        raise InputError("is an empty file", path=path, fix="re-export or re-download the file")
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"cannot be read as NIfTI: truncated or not a NIfTI file ({exc})", path=path,
+                         fix="re-export or re-download the file; check it is really a NIfTI image") from exc
+    return Volume(array, image.affine.astype(np.float64), source=str(path))
+
+
+def _read_sitk(path: Path) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+        dim = reader.GetDimension()
+        if dim != 3:
+            image_shape = reader.GetSize()
+            raise InputError(f"is a {dim}D image of size {image_shape}; medgen needs a 3D volume", path=path,
+                             fix=_dimension_fix(dim))
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot be read: truncated or not an image ({str(exc).strip().splitlines()[-1][:160]})",
+                         path=path, fix="re-export or re-download the file") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB image)",
+                         path=path, fix="pass a scalar (grey-level) volume")
+    return volume_from_sitk(image, source=str(path))
+
+
+def _dimension_fix(ndim: int) -> str:
+    if ndim < 3:
+        return "pass the whole 3D volume (or DICOM series folder), not a single slice"
+    return "extract one 3D frame first (e.g. one time point or echo)"
+
+
+def check_volume(volume: Volume, *, kind: str = "image") -> Volume:
+    """Validate dimensionality and values; return the volume with a canonical dtype.
+
+    A trailing singleton 4th axis (common in NIfTI exports) is dropped; a real 4D volume,
+    a 2D image, NaN/Inf voxels and non-integer label values are errors.
+    """
+    array = np.asarray(volume.array)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        shape = "x".join(str(s) for s in array.shape)
+        raise InputError(f"is a {array.ndim}D array ({shape}); medgen needs a 3D volume", path=volume.name,
+                         fix=_dimension_fix(array.ndim))
+    if min(array.shape) < 2 and kind == "image":
+        raise InputError(f"has shape {array.shape}: a single slice, not a 3D volume", path=volume.name,
+                         fix=_dimension_fix(2))
+    if not np.all(np.isfinite(volume.affine)) or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-9:
+        raise InputError("has an invalid (singular or non-finite) voxel-to-world affine", path=volume.name,
+                         fix="repair the header (spacing and direction) and re-export")
+    if kind == "label":
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                raise InputError("is a label map with non-integer or NaN values", path=volume.name,
+                                 fix="pass an integer label map (not a probability map or image)")
+        if array.size and array.min() < 0:
+            raise InputError("is a label map with negative ids", path=volume.name, fix="label ids must be >= 0")
+        array = array.astype(np.int16 if array.max(initial=0) > 255 else np.uint8)
+    else:
+        array = array.astype(np.float32, copy=False)
+        n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if n_bad:
+            raise InputError(f"has {n_bad} NaN/Inf voxels", path=volume.name,
+                             fix="repair the export, or replace non-finite voxels (e.g. numpy.nan_to_num) before medgen")
+    return Volume(array, volume.affine, volume.source, volume.series_uid, dict(volume.meta))

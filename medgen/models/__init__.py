@@ -1,0 +1,1 @@
+"""Model packaging: medgen bundles (MONAI layout), loading, external CT segmenter adapters."""

@@ -1,0 +1,153 @@
+"""medgen's model bundles: MONAI bundle layout plus medgen's own description.
+
+Layout written by every trainer (``RUN_DIR/bundle/``)::
+
+    configs/metadata.json    MONAI bundle metadata (version, network_data_format, label names)
+    configs/inference.json   MONAI-style description of the network (informative, never executed)
+    models/model.pt          the network's state dict (loaded with weights_only=True)
+    medgen.json              what medgen needs to rebuild and apply the model: kind, network name
+                             and arguments, preprocessing recipe, label names, extra settings
+
+:func:`resolve_model` accepts a run dir, a bundle dir or an MLflow URI (``models:/name/1``,
+``runs:/<id>/bundle``) so every command takes the same ``-m MODEL`` forms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from medgen import __version__
+from medgen.errors import ModelError
+from medgen.io.atomic import write_text_atomic
+from medgen.networks.registry import build_network
+
+MEDGEN_JSON = "medgen.json"
+
+
+@dataclass
+class BundleSpec:
+    """Everything medgen records about an exported model.
+
+    Attributes:
+        kind: ``translator``, ``segmenter`` or ``generator``.
+        network: ``{"name": registered network name, "kwargs": constructor arguments}``.
+        preprocess: the preprocessing recipe the model expects (a config dict).
+        label_names: ``{id: name}`` for segmenters/generators.
+        extra: anything else the kind needs (e.g. 2.5D context, HU scaling, patch size).
+        metadata: MONAI ``metadata.json`` fields (network_data_format, description...).
+    """
+
+    kind: str
+    network: dict
+    preprocess: dict = field(default_factory=dict)
+    label_names: dict[int, str] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def build(self) -> torch.nn.Module:
+        """The network with its weights (rebuilt from the allow-list; weights_only loading)."""
+        if self.path is None:
+            raise ModelError("bundle has no folder to load weights from")
+        net = build_network(self.network["name"], dict(self.network.get("kwargs", {})))
+        weights = self.path / "models" / "model.pt"
+        if not weights.exists():
+            raise ModelError("has no models/model.pt", path=self.path, fix="re-export the model with medgen")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"weights cannot be loaded safely ({type(exc).__name__}: {str(exc)[:160]})",
+                             path=weights, fix="re-export the model with medgen") from exc
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"weights do not match the described network ({str(exc)[:200]})", path=weights,
+                             fix="the bundle is inconsistent; re-export it") from exc
+        return net.eval()
+
+
+def save_bundle(folder: str | Path, spec: BundleSpec, network: torch.nn.Module) -> Path:
+    """Write ``spec`` and ``network``'s weights as a bundle folder (each file atomically)."""
+    folder = Path(folder)
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    tmp = folder / "models" / ".model.pt.tmp"
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
+    tmp.replace(folder / "models" / "model.pt")
+    metadata = {
+        "version": "0.1.0",
+        "changelog": {"0.1.0": "exported by medgen"},
+        "monai_version": _monai_version(),
+        "pytorch_version": torch.__version__.split("+")[0],
+        "medgen_version": __version__,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "name": f"medgen {spec.kind}",
+        **spec.metadata,
+    }
+    if spec.label_names:
+        metadata.setdefault("label_names", {str(k): v for k, v in spec.label_names.items()})
+    write_text_atomic(folder / "configs" / "metadata.json", json.dumps(metadata, indent=2))
+    inference = {"network_def": {"_target_": spec.network["name"].replace(":", "."), **spec.network.get("kwargs", {})},
+                 "_comment": "informative; medgen rebuilds the network from medgen.json without evaluating code"}
+    write_text_atomic(folder / "configs" / "inference.json", json.dumps(inference, indent=2))
+    desc = {"kind": spec.kind, "network": spec.network, "preprocess": spec.preprocess,
+            "label_names": {str(k): v for k, v in spec.label_names.items()}, "extra": spec.extra}
+    write_text_atomic(folder / MEDGEN_JSON, json.dumps(desc, indent=2))
+    return folder
+
+
+def _monai_version() -> str:
+    import monai
+    return monai.__version__
+
+
+def load_bundle(folder: str | Path, kind: str | None = None) -> BundleSpec:
+    """Read a medgen bundle's description (weights are loaded by :meth:`BundleSpec.build`)."""
+    folder = Path(folder)
+    desc_path = folder / MEDGEN_JSON
+    if not desc_path.exists():
+        raise ModelError("is not a medgen bundle (no medgen.json)", path=folder,
+                         fix="pass a run folder or bundle exported by medgen train")
+    try:
+        desc = json.loads(desc_path.read_text())
+        metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"bundle description cannot be read ({exc})", path=folder, fix="re-export the model") from exc
+    if kind is not None and desc.get("kind") != kind:
+        raise ModelError(f"is a {desc.get('kind')} bundle, but a {kind} is needed here", path=folder,
+                         fix=f"pass a {kind} model")
+    return BundleSpec(kind=desc["kind"], network=desc["network"], preprocess=desc.get("preprocess", {}),
+                      label_names={int(k): v for k, v in desc.get("label_names", {}).items()},
+                      extra=desc.get("extra", {}), metadata=metadata, path=folder)
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """A local bundle folder for a run dir, bundle dir or MLflow URI.
+
+    Raises:
+        ModelError: nothing usable at ``ref``, naming it and the accepted forms.
+    """
+    text = str(ref)
+    if text.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from medgen.tracking import download_model
+        try:
+            path = download_model(text)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types
+            raise ModelError(f"cannot be downloaded from MLflow ({str(exc)[:200]})", path=text,
+                             fix="check the URI and MLFLOW_TRACKING_URI") from exc
+        return path if (path / MEDGEN_JSON).exists() else path / "bundle"
+    path = Path(ref)
+    if not path.exists():
+        raise ModelError("does not exist", path=path,
+                         fix="pass a run folder, a bundle folder or an MLflow URI such as models:/name/1")
+    if (path / MEDGEN_JSON).exists():
+        return path
+    if (path / "bundle" / MEDGEN_JSON).exists():
+        return path / "bundle"
+    raise ModelError("is not a medgen run or bundle folder (no medgen.json)", path=path,
+                     fix="pass RUN_DIR or RUN_DIR/bundle written by medgen train, or an MLflow model URI")

@@ -1,0 +1,1 @@
+"""One training loop shared by all trainers: device, AMP, DDP, checkpoint/resume, logging."""
