@@ -1,0 +1,34 @@
+"""Shared test fixtures: real sample data (skipped when absent) and small seeded phantoms."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep the suite predictable on small CI machines (2 cores).
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def sample_data_dir() -> Path:
+    """``MEDGEN_SAMPLE_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("MEDGEN_SAMPLE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """The real sample data folder; tests using it skip cleanly when it is absent."""
+    path = sample_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real sample data not found at {path} (set MEDGEN_SAMPLE_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path, monkeypatch):
+    """Never let a test write to a developer's real tracking server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
