@@ -85,6 +85,8 @@ def run_training(task: TrainingTask, run_dir: str | Path, settings: LoopSettings
         else:
             log.info("no checkpoint in %s; starting from scratch", ckpt_dir)
     history_path = run_dir / "metrics.jsonl"
+    if distributed.is_main_process():
+        _trim_history(history_path, start_step)
     window: dict[str, list[float]] = {}
     last_val: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -120,6 +122,15 @@ def _record(history_path: Path, step: int, phase: str, metrics: dict[str, float]
         fh.write(json.dumps({"step": step, "phase": phase, **metrics}) + "\n")
     if tracker is not None:
         tracker.log_metrics({f"{phase}/{k}": v for k, v in metrics.items()}, step=step)
+
+
+def _trim_history(history_path: Path, last_step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not history_path.exists():
+        return
+    from medgen.io.atomic import write_text_atomic
+    rows = [r for r in read_history(history_path.parent) if r.get("step", 0) <= last_step]
+    write_text_atomic(history_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
