@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -103,7 +104,9 @@ class Tracker:
         import mlflow
         import pandas as pd
         frame = pd.read_csv(manifest_path)
-        dataset = mlflow.data.from_pandas(frame, source=str(Path(manifest_path).resolve()), name=name)
+        with warnings.catch_warnings():  # a local path matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(Path(manifest_path).resolve()), name=name)
         mlflow.log_input(dataset, context=context)
         mlflow.log_artifact(str(manifest_path), "manifests")
 
@@ -151,7 +154,11 @@ def start_run(run_name: str, *, output_dir: str | Path, experiment: str = "medge
               nested: bool = False, enabled: bool = True) -> Iterator[Tracker]:
     """Open one MLflow run (rank 0 only) and yield a :class:`Tracker` for it.
 
-    A nested run attaches to the currently active run (the demo's parent run).
+    When a run is already active in this process (the demo's parent run), the new run is nested
+    under it, in the parent's tracking store and experiment, whatever ``output_dir`` and
+    ``nested`` say: MLflow allows one active run per thread, and a pipeline called from a
+    workflow belongs to that workflow's run. Otherwise the run goes to
+    :func:`default_tracking_uri` of ``output_dir``; ``nested`` is kept for readability at call sites.
     """
     if not enabled or not distributed.is_main_process():
         yield Tracker()
@@ -159,7 +166,8 @@ def start_run(run_name: str, *, output_dir: str | Path, experiment: str = "medge
     import mlflow
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not nested or mlflow.active_run() is None:
+    nested = mlflow.active_run() is not None
+    if not nested:
         uri = default_tracking_uri(output_dir)
         mlflow.set_tracking_uri(uri)
         artifact_root = output_dir / "mlartifacts" if uri.startswith("sqlite:") else None
