@@ -34,20 +34,42 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, 
                      cval: float | None = None) -> Volume:
     """Resample onto another grid (``affine``, ``shape``) through world coordinates.
 
+    Each source voxel covers +-half a voxel around its centre: target voxels whose centre falls
+    inside that box get a value (nearest neighbour, or trilinear clamped at the edge), the rest get
+    ``cval``. Grids that coincide up to a permutation/flip of axes (e.g. LPS DICOM vs LAS NIfTI
+    of the same scan) are matched exactly, whatever the floating-point noise in the affines.
+
     Args:
         order: 1 (trilinear) for images, 0 (nearest neighbour) for label maps.
         cval: value outside the source field of view (default: the volume's minimum for images,
             0 for labels).
+
+    Examples:
+        >>> import numpy as np
+        >>> v = Volume(np.arange(8.).reshape(2, 2, 2), np.diag([1., 1., 1., 1.]))
+        >>> flipped = np.diag([-1., 1., 1., 1.]); flipped[0, 3] = 1.0
+        >>> resample_to_grid(v, flipped, (2, 2, 2), order=0).array[:, 0, 0].tolist()
+        [4.0, 0.0]
     """
     # target voxel -> world -> source voxel
-    matrix = np.linalg.inv(volume.affine) @ affine
+    matrix = np.linalg.inv(volume.affine) @ np.asarray(affine, np.float64)
+    if np.allclose(matrix, np.round(matrix), atol=1e-6):
+        matrix = np.round(matrix)  # same lattice: remove float noise so nothing falls off an edge
     if cval is None:
         cval = 0.0 if order == 0 else float(volume.array.min())
-    if np.allclose(matrix, np.eye(4), atol=1e-6) and tuple(shape) == volume.shape:
-        return Volume(volume.array.copy(), affine.copy(), volume.source, volume.series_uid, dict(volume.meta))
-    source = volume.array if order == 0 else volume.array.astype(np.float32, copy=False)
-    out = ndimage.affine_transform(source, matrix[:3, :3], offset=matrix[:3, 3], output_shape=tuple(shape),
-                                   order=order, mode="constant", cval=cval, prefilter=False)
+    if np.array_equal(matrix, np.eye(4)) and tuple(shape) == volume.shape:
+        return Volume(volume.array.copy(), np.asarray(affine, np.float64).copy(), volume.source,
+                      volume.series_uid, dict(volume.meta))
+    kwargs = dict(offset=matrix[:3, 3], output_shape=tuple(int(s) for s in shape), prefilter=False)
+    if order == 0:
+        out = ndimage.affine_transform(volume.array, matrix[:3, :3], order=0, mode="grid-constant", cval=cval,
+                                       **kwargs)
+    else:
+        source = volume.array.astype(np.float32, copy=False)
+        out = ndimage.affine_transform(source, matrix[:3, :3], order=order, mode="nearest", **kwargs)
+        inside = ndimage.affine_transform(np.ones(volume.shape, np.uint8), matrix[:3, :3], order=0,
+                                          mode="grid-constant", cval=0, **kwargs)
+        out[inside == 0] = cval
     return Volume(out.astype(volume.array.dtype, copy=False), np.asarray(affine, np.float64).copy(),
                   volume.source, volume.series_uid, dict(volume.meta))
 

@@ -65,7 +65,8 @@ def _read_nifti(path: Path) -> Volume:
     try:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as exc:
         raise InputError(f"cannot be read as NIfTI: truncated or not a NIfTI file ({exc})", path=path,
                          fix="re-export or re-download the file; check it is really a NIfTI image") from exc
     return Volume(array, image.affine.astype(np.float64), source=str(path))
@@ -78,11 +79,14 @@ def _read_sitk(path: Path) -> Volume:
     try:
         reader.ReadImageInformation()
         dim = reader.GetDimension()
-        if dim != 3:
-            image_shape = reader.GetSize()
+        image_shape = tuple(reader.GetSize())
+        singleton_4d = dim == 4 and image_shape[3] == 1
+        if dim != 3 and not singleton_4d:
             raise InputError(f"is a {dim}D image of size {image_shape}; medgen needs a 3D volume", path=path,
                              fix=_dimension_fix(dim))
         image = reader.Execute()
+        if singleton_4d:  # a 3D volume stored with a trailing time axis of length 1
+            image = sitk.Extract(image, image_shape[:3] + (0,), (0, 0, 0, 0))
     except RuntimeError as exc:
         raise InputError(f"cannot be read: truncated or not an image ({str(exc).strip().splitlines()[-1][:160]})",
                          path=path, fix="re-export or re-download the file") from exc
@@ -124,7 +128,8 @@ def check_volume(volume: Volume, *, kind: str = "image") -> Volume:
                                  fix="pass an integer label map (not a probability map or image)")
         if array.size and array.min() < 0:
             raise InputError("is a label map with negative ids", path=volume.name, fix="label ids must be >= 0")
-        array = array.astype(np.int16 if array.max(initial=0) > 255 else np.uint8)
+        top = array.max(initial=0)
+        array = array.astype(np.uint8 if top <= 255 else np.int16 if top <= 32767 else np.int32)
     else:
         array = array.astype(np.float32, copy=False)
         n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))

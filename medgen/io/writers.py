@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +16,8 @@ from medgen.io.atomic import atomic_path, check_output_path
 from medgen.io.readers import NIFTI_SUFFIXES, SITK_SUFFIXES
 from medgen.io.sitk_convert import volume_to_sitk
 from medgen.io.volume import Volume
+
+DETACHED_SUFFIXES = (".mhd", ".nhdr")
 
 
 def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False, inputs: tuple = (),
@@ -29,9 +34,14 @@ def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False, i
     Raises:
         OutputError: the path exists, is an input, has an unsupported extension or cannot be written.
     """
-    path = check_output_path(path, overwrite=overwrite, inputs=inputs + (volume.source,))
-    array = volume.array if dtype is None else volume.array.astype(dtype)
+    path = check_output_path(path, overwrite=overwrite, inputs=tuple(inputs) + (volume.source,))
     name = path.name.lower()
+    if not name.endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
+        raise OutputError("has an unsupported extension", path=path, fix="use .nii.gz, .nii, .nrrd or .mha")
+    array = _storable(np.asarray(volume.array) if dtype is None else np.asarray(volume.array).astype(dtype), path)
+    if name.endswith(DETACHED_SUFFIXES):
+        _write_detached(Volume(array, volume.affine), path)
+        return path
     with atomic_path(path) as tmp:
         if name.endswith(NIFTI_SUFFIXES):
             image = nib.Nifti1Image(array, volume.affine)
@@ -39,9 +49,42 @@ def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False, i
             image.set_qform(volume.affine, code=1)
             image.header.set_xyzt_units("mm", "sec")
             nib.save(image, str(tmp))
-        elif name.endswith(SITK_SUFFIXES):
-            sitk.WriteImage(volume_to_sitk(Volume(array, volume.affine)), str(tmp), useCompression=True)
         else:
-            raise OutputError("has an unsupported extension", path=path,
-                              fix="use .nii.gz, .nii, .nrrd or .mha")
+            sitk.WriteImage(volume_to_sitk(Volume(array, volume.affine)), str(tmp), useCompression=True)
     return path
+
+
+def _storable(array: np.ndarray, path: Path) -> np.ndarray:
+    """The array in a voxel type every format stores: bool -> uint8, 64-bit ints -> int32, float16 -> float32."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype in (np.int64, np.uint64):
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        info = np.iinfo(np.int32)
+        if lo < info.min or hi > info.max:
+            raise OutputError(f"voxel values {lo}..{hi} do not fit a 32-bit integer image", path=path,
+                              fix="pass dtype=numpy.float64 or rescale the values")
+        return array.astype(np.int32)
+    return array
+
+
+def _write_detached(volume: Volume, path: Path) -> None:
+    """Write a header + data file pair (.mhd/.nhdr) atomically.
+
+    The pair is written under its final names into a temporary folder beside ``path`` (so the header
+    names the right data file), then moved into place data file first, header last.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        sitk.WriteImage(volume_to_sitk(volume), str(tmp_dir / path.name), useCompression=True)
+        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)  # header last
+        for item in produced:
+            os.replace(item, path.parent / item.name)
+    except OSError as exc:
+        raise OutputError(f"could not be written ({exc.strerror or exc})", path=path,
+                          fix="check free disk space and permissions") from exc
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
