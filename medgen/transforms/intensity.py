@@ -1,0 +1,151 @@
+"""Intensity mappings between physical units and the network range [-1, 1].
+
+CT: a fixed Hounsfield-unit window ``(lo, hi)`` maps linearly onto [-1, 1]; values outside the
+window are clipped. Because the mapping is a fixed affine function it is restored exactly by
+:func:`unit_to_hu` for every value inside the window (the only information lost is what lay
+outside it, e.g. dense bone above ``hi``).
+
+MR: intensities have no physical unit, so :func:`robust_normalize` maps the ``lower``..``upper``
+percentiles (optionally measured inside a body mask) onto [-1, 1] and clips. The two percentile
+values are returned so the mapping can be recorded and undone approximately.
+
+All functions accept NumPy arrays or torch tensors and return the same type (torch is never
+imported here, so this module stays light).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["hu_to_unit", "unit_to_hu", "robust_normalize", "unit_to_range", "range_to_unit"]
+
+
+def _check_window(window) -> tuple[float, float]:
+    lo, hi = (float(w) for w in window)
+    if not hi > lo:
+        raise ValueError(f"window must be (lo, hi) with hi > lo, got {window!r}")
+    return lo, hi
+
+
+def _is_numpy(x) -> bool:
+    return isinstance(x, (np.ndarray, np.generic, float, int))
+
+
+def range_to_unit(x, lo: float, hi: float, *, clip: bool = True):
+    """Map ``[lo, hi]`` linearly onto [-1, 1] (clipping outside when ``clip``).
+
+    Examples:
+        >>> range_to_unit(np.array([0.0, 5.0, 10.0, 20.0]), 0.0, 10.0)
+        array([-1.,  0.,  1.,  1.])
+    """
+    lo, hi = _check_window((lo, hi))
+    if _is_numpy(x):
+        x = np.asarray(x)
+        out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+        y = x.astype(np.float64, copy=False)
+        if clip:
+            y = np.clip(y, lo, hi)
+        return (2.0 * (y - lo) / (hi - lo) - 1.0).astype(out_dtype)
+    y = x if x.is_floating_point() else x.float()
+    if clip:
+        y = y.clamp(lo, hi)
+    return 2.0 * (y - lo) / (hi - lo) - 1.0
+
+
+def unit_to_range(x, lo: float, hi: float, *, clip: bool = False):
+    """Inverse of :func:`range_to_unit`: map [-1, 1] back onto ``[lo, hi]``.
+
+    With ``clip`` the input is first clipped to [-1, 1] (useful for network outputs).
+    """
+    lo, hi = _check_window((lo, hi))
+    if _is_numpy(x):
+        x = np.asarray(x)
+        out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+        y = x.astype(np.float64, copy=False)
+        if clip:
+            y = np.clip(y, -1.0, 1.0)
+        return ((y + 1.0) * 0.5 * (hi - lo) + lo).astype(out_dtype)
+    y = x if x.is_floating_point() else x.float()
+    if clip:
+        y = y.clamp(-1.0, 1.0)
+    return (y + 1.0) * 0.5 * (hi - lo) + lo
+
+
+def hu_to_unit(hu, window=(-1000.0, 1000.0)):
+    """Clip Hounsfield units to ``window`` and map them linearly onto [-1, 1].
+
+    ``unit = 2 * (clip(hu, lo, hi) - lo) / (hi - lo) - 1``.
+
+    Args:
+        hu: CT values in HU (NumPy array or torch tensor).
+        window: ``(lo, hi)`` in HU; ``lo`` maps to -1 and ``hi`` to +1.
+
+    Returns:
+        The same type as ``hu`` (float), values in [-1, 1].
+
+    Examples:
+        >>> hu_to_unit(np.array([-2000.0, -1000.0, 0.0, 1000.0, 3000.0]))
+        array([-1., -1.,  0.,  1.,  1.])
+        >>> hu_to_unit(np.array([40.0]), window=(-160, 240))
+        array([0.])
+    """
+    return range_to_unit(hu, *window, clip=True)
+
+
+def unit_to_hu(x, window=(-1000.0, 1000.0), *, clip: bool = False):
+    """Exact inverse of :func:`hu_to_unit` inside the window: [-1, 1] -> HU.
+
+    Args:
+        x: values in unit range (e.g. a synthetic CT from a translator).
+        window: the same ``(lo, hi)`` used for :func:`hu_to_unit` (read it from the
+            preprocessing record).
+        clip: clip ``x`` to [-1, 1] first, so the result stays inside the window.
+
+    Examples:
+        >>> hu = np.array([-1000.0, -137.5, 0.0, 412.25, 1000.0])
+        >>> np.allclose(unit_to_hu(hu_to_unit(hu)), hu)
+        True
+    """
+    return unit_to_range(x, *window, clip=clip)
+
+
+def robust_normalize(array, mask=None, lower: float = 0.5, upper: float = 99.5):
+    """Map the ``lower``..``upper`` percentiles of ``array`` onto [-1, 1] and clip.
+
+    Percentiles are measured inside ``mask`` when given (so a large air background does not
+    decide the mapping), and applied to the whole array.
+
+    Args:
+        array: MR intensities (NumPy array or torch tensor).
+        mask: boolean array of the same shape, or None for all voxels.
+        lower: lower percentile (0-100) mapped to -1.
+        upper: upper percentile (0-100) mapped to +1.
+
+    Returns:
+        ``(normalized, (p_lo, p_hi))``: the normalised array (same type as ``array``, values in
+        [-1, 1]) and the two intensity values used, for the preprocessing record.
+
+    Raises:
+        ValueError: the percentiles are out of order, the mask is empty, or the selected
+            intensities are constant (nothing to normalise).
+
+    Examples:
+        >>> x = np.linspace(0.0, 100.0, 101)
+        >>> y, (lo, hi) = robust_normalize(x, lower=10, upper=90)
+        >>> float(lo), float(hi), float(y.min()), float(y.max()), float(y[50])
+        (10.0, 90.0, -1.0, 1.0, 0.0)
+    """
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+    values = np.asarray(array if _is_numpy(array) else array.detach().cpu().numpy())
+    if mask is not None:
+        mask = np.asarray(mask if _is_numpy(mask) else mask.detach().cpu().numpy()).astype(bool)
+        if mask.shape != values.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match array shape {values.shape}")
+        values = values[mask]
+        if values.size == 0:
+            raise ValueError("the mask selects no voxels")
+    p_lo, p_hi = (float(v) for v in np.percentile(values.astype(np.float64, copy=False), [lower, upper]))
+    if not p_hi > p_lo:
+        raise ValueError(f"intensities between the {lower} and {upper} percentiles are constant ({p_lo:g})")
+    return range_to_unit(array, p_lo, p_hi, clip=True), (p_lo, p_hi)
