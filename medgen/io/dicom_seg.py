@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,7 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
     datasets = _source_datasets(series)
     for f in series.meta.get("files", []):
         if Path(f).resolve() == out_path.resolve():
-            raise OutputError("is a file of the source series", path=out_path, fix="choose another output path")
+            raise OutputError("is a file of the source series (an input); medgen never overwrites its inputs", path=out_path, fix="choose another output path")
     array = _label_on_series(label, series)
     ids = [int(i) for i in np.unique(array) if i != 0]
     if not ids:
@@ -155,17 +156,24 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
         descriptions.append(desc)
     # (i, j, k) -> (frames = k, rows = j, columns = i): frame k pairs with datasets[k] (checked above).
     frames = np.ascontiguousarray(lut[array].transpose(2, 1, 0))
-    seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
-        manufacturer_model_name="medgen", software_versions=algorithm_version, device_serial_number="0",
-        series_description=series_description, omit_empty_frames=True)
+    with warnings.catch_warnings():  # highdicom re-validates the source's PatientName; not ours to fix
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        seg = _segmentation(hd, datasets, frames, descriptions, series_number, manufacturer, algorithm_version,
+                            series_description)
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp)
     log.info("wrote DICOM SEG with %d segments (%s) for series %s to %s", len(ids),
              ", ".join(d.SegmentLabel for d in descriptions), series.series_uid, out_path)
     return out_path
+
+
+def _segmentation(hd, datasets, frames, descriptions, series_number, manufacturer, version, description):
+    return hd.seg.Segmentation(
+        source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
+        manufacturer_model_name="medgen", software_versions=version, device_serial_number="0",
+        series_description=description, omit_empty_frames=True)
 
 
 def _segment_ids(seg) -> dict[int, tuple[int, str]]:

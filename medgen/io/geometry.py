@@ -60,6 +60,10 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, 
     if np.array_equal(matrix, np.eye(4)) and tuple(shape) == volume.shape:
         return Volume(volume.array.copy(), np.asarray(affine, np.float64).copy(), volume.source,
                       volume.series_uid, dict(volume.meta))
+    reindexed = _reindex(volume.array, matrix, tuple(int(s) for s in shape))
+    if reindexed is not None:  # same lattice, axes permuted/flipped: exact and fast, any order
+        return Volume(reindexed, np.asarray(affine, np.float64).copy(), volume.source, volume.series_uid,
+                      dict(volume.meta))
     kwargs = dict(offset=matrix[:3, 3], output_shape=tuple(int(s) for s in shape), prefilter=False)
     if order == 0:
         out = ndimage.affine_transform(volume.array, matrix[:3, :3], order=0, mode="grid-constant", cval=cval,
@@ -72,6 +76,27 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, 
         out[inside == 0] = cval
     return Volume(out.astype(volume.array.dtype, copy=False), np.asarray(affine, np.float64).copy(),
                   volume.source, volume.series_uid, dict(volume.meta))
+
+
+def _reindex(array: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """``array`` re-indexed onto the target grid when ``matrix`` (target voxel -> source voxel) is a
+    signed axis permutation with whole-voxel offsets and the target lies inside the source; else None."""
+    linear, offset = matrix[:3, :3], matrix[:3, 3]
+    if not (np.array_equal(np.abs(linear).sum(axis=0), np.ones(3)) and np.array_equal(np.abs(linear).sum(axis=1),
+                                                                                     np.ones(3))):
+        return None
+    if not np.array_equal(offset, np.round(offset)):
+        return None
+    perm, index = [], []
+    for axis in range(3):  # target axis -> source axis, direction and start
+        src = int(np.flatnonzero(linear[:, axis])[0])
+        step, start = int(linear[src, axis]), int(offset[src])
+        stop = start + step * (shape[axis] - 1)
+        if min(start, stop) < 0 or max(start, stop) > array.shape[src] - 1:
+            return None
+        perm.append(src)
+        index.append(slice(start, None if stop + step < 0 else stop + step, step))
+    return np.ascontiguousarray(array.transpose(perm)[tuple(index)])
 
 
 def resample_like(volume: Volume, reference: Volume, *, order: int = 1, cval: float | None = None) -> Volume:

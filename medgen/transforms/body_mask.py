@@ -76,8 +76,8 @@ def ct_body_mask(hu: np.ndarray, *, threshold: float = -500.0, min_component_fra
     return fill_holes(mask) if fill else mask
 
 
-def mr_body_mask(image: np.ndarray, *, spacing=(1.0, 1.0, 1.0), smoothing_mm: float = 3.0,
-                 otsu_scale: float = 0.5, min_component_fraction: float = 0.01, fill: bool = True) -> np.ndarray:
+def mr_body_mask(image: np.ndarray, *, spacing=(1.0, 1.0, 1.0), smoothing_mm: float = 2.0,
+                 otsu_scale: float = 0.75, min_component_fraction: float = 0.01, fill: bool = True) -> np.ndarray:
     """Body mask of an MR (bool array): Otsu on a smoothed copy, scaled by ``otsu_scale``."""
     sigma = [smoothing_mm / max(s, 1e-6) for s in spacing]
     smooth = ndimage.gaussian_filter(image.astype(np.float32, copy=False), sigma) if smoothing_mm > 0 else image
@@ -102,7 +102,7 @@ class BodyMaskd(MapTransform):
     """
 
     def __init__(self, keys=("image",), *, modality: str, ct_threshold_hu: float = -500.0,
-                 mr_smoothing_mm: float = 3.0, mr_otsu_scale: float = 0.5, min_component_fraction: float = 0.01,
+                 mr_smoothing_mm: float = 2.0, mr_otsu_scale: float = 0.75, min_component_fraction: float = 0.01,
                  fill_holes: bool = True):
         super().__init__(keys)
         self.modality = modality

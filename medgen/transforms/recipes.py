@@ -68,8 +68,8 @@ class MaskConfig(StrictModel):
     """Body (foreground) mask; see :mod:`medgen.transforms.body_mask`."""
 
     ct_threshold_hu: float = -500.0
-    mr_smoothing_mm: float = Field(3.0, ge=0)
-    mr_otsu_scale: float = Field(0.5, gt=0)
+    mr_smoothing_mm: float = Field(2.0, ge=0)
+    mr_otsu_scale: float = Field(0.75, gt=0)
     min_component_fraction: float = Field(0.01, ge=0, le=1)
     fill_holes: bool = True
 
