@@ -144,13 +144,22 @@ class NetworkSegmenter(CTSegmenter):
     def input_range(self) -> tuple[float, float]:
         return (float(self.spec.a_min), float(self.spec.a_max))
 
+    @staticmethod
+    def prepare_image(ct_hu: Volume, spec: InputSpec) -> Volume:
+        """A CT reoriented, resampled and intensity-scaled as a network with ``spec`` expects.
+
+        Training (:mod:`medgen.training.segmenter`) uses this same function, so training and
+        inference inputs cannot drift apart.
+        """
+        work = reorient(ct_hu, spec.orientation)
+        work = work.with_array(work.array.astype(np.float32, copy=False))
+        if spec.spacing is not None:
+            work = resample_to_spacing(work, spec.spacing, order=1)
+        return work.with_array(spec.scale(work.array))
+
     def prepare(self, ct_hu: Volume) -> Volume:
-        """The CT reoriented, resampled and intensity-scaled as the network expects."""
-        work = reorient(ct_hu, self.spec.orientation)
-        if self.spec.spacing is not None:
-            work = resample_to_spacing(work.with_array(work.array.astype(np.float32, copy=False)), self.spec.spacing,
-                                       order=1)
-        return work.with_array(self.spec.scale(work.array))
+        """The CT reoriented, resampled and intensity-scaled as this network expects."""
+        return self.prepare_image(ct_hu, self.spec)
 
     def segment(self, ct_hu: Volume, *, device="cpu", precision="fp32") -> Volume:
         from medgen.inference.segment import segment_array

@@ -1,0 +1,462 @@
+"""Training a CT segmenter: config schema, label handling, patch sampling, augmentation, the task.
+
+The segmenter is meant to run on *synthetic* CT produced from MR, which is never a perfect CT:
+intensities drift, contrast differs, textures are smoother or noisier. So training applies heavy
+intensity augmentation (gamma, contrast, brightness shift, random monotone intensity remapping,
+smooth bias field, Gaussian blur, noise) to real CT patches, which makes the model rely on shape
+and relative contrast rather than exact HU values.
+
+Patches are sampled class-balanced: most patches are centred on a voxel of a randomly chosen
+present class (small organs such as the aorta would otherwise almost never be seen), the rest
+anywhere. Every image is prepared exactly as :meth:`medgen.models.segmenters.NetworkSegmenter.prepare`
+prepares it at inference (reorient to RAS, resample to the configured spacing, HU window to
+[-1, 1]), so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medgen.config import StrictModel
+from medgen.errors import InputError
+from medgen.io.geometry import reorient, resample_like
+from medgen.io.volume import Volume
+from medgen.models.segmenters import InputSpec, NetworkSegmenter
+from medgen.runtime import autocast
+from medgen.training import distributed
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+
+class NetworkConfig(StrictModel):
+    name: Literal["unet", "segresnet"] = "unet"
+    channels: list[int] = [16, 32, 64, 128]
+    strides: list[int] = [2, 2, 2]
+    num_res_units: int = 1
+    init_filters: int = 16
+    dropout: float = 0.0
+
+
+class DataConfig(StrictModel):
+    spacing: list[float] | None = [2.0, 2.0, 3.0]
+    hu_window: list[float] = [-1000.0, 1000.0]
+    patch_size: list[int] = [64, 64, 32]
+    batch_size: int = 2
+    foreground_fraction: float = 0.8
+    val_cases: int = 0
+
+
+class AugmentConfig(StrictModel):
+    prob: float = 0.8
+    gamma: list[float] = [0.6, 1.6]
+    contrast: list[float] = [0.7, 1.3]
+    shift: float = 0.1
+    remap_strength: float = 0.15
+    bias_field: float = 0.3
+    blur_sigma: list[float] = [0.0, 1.0]
+    noise_std: list[float] = [0.0, 0.06]
+    scale: list[float] = [0.9, 1.1]
+
+
+class TrainConfig(StrictModel):
+    steps: int = 2000
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = 20
+    validate_every: int = 250
+    checkpoint_every: int = 250
+
+
+class ExportConfig(StrictModel):
+    registered_name: str = "medgen-segmenter"
+    overlap: float = 0.25
+
+
+class SegmenterConfig(StrictModel):
+    network: NetworkConfig = NetworkConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def input_spec(config: SegmenterConfig) -> InputSpec:
+    """How images are prepared for this segmenter (shared by training and inference)."""
+    lo, hi = config.data.hu_window
+    return InputSpec(spacing=None if config.data.spacing is None else tuple(config.data.spacing),
+                     a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True,
+                     patch_size=tuple(config.data.patch_size), overlap=config.export.overlap)
+
+
+def build_network(config: SegmenterConfig, n_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The MONAI network and its bundle description (registered name + kwargs)."""
+    from medgen.networks.registry import build_network as build
+    n = config.network
+    if n.name == "unet":
+        kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": n_classes, "channels": list(n.channels),
+                  "strides": list(n.strides), "num_res_units": n.num_res_units, "dropout": n.dropout}
+        name = "monai.UNet"
+    else:
+        kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": n_classes, "init_filters": n.init_filters,
+                  "dropout_prob": n.dropout or None}
+        name = "monai.SegResNet"
+    return build(name, kwargs), {"name": name, "kwargs": kwargs}
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------------------
+
+def read_label_names(ref: str | Path) -> dict[int, str]:
+    """An id -> name JSON, or one entry of a class-map file written as ``FILE#KEY``.
+
+    ``{"1": "spleen", ...}`` is used as is; a file whose values are all mappings (e.g.
+    TotalSegmentator's class map with ``total`` and ``total_mr``) needs ``#KEY``.
+    """
+    text = str(ref)
+    key = None
+    if "#" in text and not Path(text).exists():
+        text, key = text.rsplit("#", 1)
+    path = Path(text)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot be read as a label-name JSON ({exc})", path=path,
+                         fix='write {"1": "liver", "2": "spleen", ...}') from exc
+    if key is not None:
+        if key not in data:
+            raise InputError(f"has no entry '{key}'", path=path, fix=f"use one of: {', '.join(map(str, data))}")
+        data = data[key]
+    elif data and all(isinstance(v, dict) for v in data.values()):
+        raise InputError("holds several label maps", path=path,
+                         fix=f"choose one with {path}#KEY, KEY one of: {', '.join(map(str, data))}")
+    try:
+        names = {int(k): str(v) for k, v in data.items()}
+    except (ValueError, AttributeError) as exc:
+        raise InputError("label-name keys must be integer ids", path=path, fix='write {"1": "liver", ...}') from exc
+    names.setdefault(0, "background")
+    return names
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """How source label ids become training classes.
+
+    Attributes:
+        source_names: id -> name in the label files.
+        names: class id -> name of the trained model (consecutive, 0 = background).
+        lut: source id -> class id lookup table (ids not kept map to 0).
+    """
+
+    source_names: dict[int, str]
+    names: dict[int, str]
+    lut: np.ndarray
+
+    def apply(self, labels: np.ndarray, path: str) -> np.ndarray:
+        ids = np.unique(labels)
+        unknown = [int(i) for i in ids if int(i) not in self.source_names and int(i) != 0]
+        if unknown or (ids.size and (ids.min() < 0 or ids.max() >= len(self.lut))):
+            raise InputError(f"has label ids {unknown[:10]} that the label-name file does not name", path=path,
+                             fix="pass --label-names with a name for every id in the label maps")
+        return self.lut[labels.astype(np.int64)].astype(np.uint8)
+
+
+def plan_labels(source_names: dict[int, str], include: list[str] | None) -> LabelPlan:
+    """Keep every named label, or only ``include`` (names, ``glob`` patterns, ``new=pattern|pattern``).
+
+    Examples:
+        >>> plan = plan_labels({0: "background", 1: "liver", 2: "L1", 3: "L2"}, ["liver", "spine=L*"])
+        >>> plan.names, plan.lut.tolist()
+        ({0: 'background', 1: 'liver', 2: 'spine'}, [0, 1, 2, 2])
+    """
+    top = max(source_names) if source_names else 0
+    lut = np.zeros(top + 1, np.uint8)
+    names = {0: "background"}
+    by_name = {v: k for k, v in source_names.items() if k != 0}
+    if not include:
+        for new, (sid, name) in enumerate(sorted((k, v) for k, v in source_names.items() if k != 0), start=1):
+            lut[sid] = new
+            names[new] = name
+        if len(names) > 255:
+            raise InputError(f"{len(names)} classes are too many for one segmenter", fix="use --include")
+        return LabelPlan(dict(source_names), names, lut)
+    for item in include:
+        new_name, _, patterns = item.partition("=")
+        patterns = patterns or new_name
+        matched = [by_name[n] for n in by_name if any(fnmatch.fnmatchcase(n, p.strip()) for p in patterns.split("|"))]
+        if not matched:
+            raise InputError(f"--include '{item}' matches no label name", path="--include",
+                             fix="available names: " + ", ".join(sorted(by_name)[:60]))
+        cid = len(names)
+        names[cid] = new_name.strip()
+        for sid in matched:
+            lut[sid] = cid
+    return LabelPlan(dict(source_names), names, lut)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedCase:
+    case_id: str
+    image: np.ndarray  # network input range, RAS at the model spacing
+    label: np.ndarray  # class ids, same grid
+
+
+def align_label(image: Volume, label: Volume) -> Volume:
+    """``label`` on ``image``'s grid: identical, or the same physical grid in another voxel order.
+
+    Raises:
+        InputError: the grids differ physically (naming both files).
+    """
+    if image.same_grid(label):
+        return label
+    if reorient(image, "RAS").same_grid(reorient(label, "RAS"), atol=1e-2):
+        return resample_like(label, image, order=0)
+    raise InputError(
+        f"label grid (shape {label.shape}, spacing {tuple(round(s, 3) for s in label.spacing)}, "
+        f"{label.orientation}) differs from image grid (shape {image.shape}, spacing "
+        f"{tuple(round(s, 3) for s in image.spacing)}, {image.orientation}) of {image.name}",
+        path=label.name, fix="pass the label map that was made on this image (resample it onto the image first)")
+
+
+def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan) -> PreparedCase:
+    """Align, remap and bring a CT + label pair to the network's grid and intensity range."""
+    label = align_label(image, label)
+    remapped = label.with_array(plan.apply(label.array, label.name))
+    prepared = NetworkSegmenter.prepare_image(image, spec)
+    lab = resample_like(remapped, prepared, order=0)
+    return PreparedCase(case_id, prepared.array, lab.array.astype(np.uint8))
+
+
+def body_quantiles(hu: np.ndarray, threshold: float = -500.0, n: int = 101) -> np.ndarray:
+    """HU quantiles inside the body (voxels above ``threshold``): a CT reference histogram."""
+    values = hu[hu > threshold]
+    if values.size == 0:
+        values = hu.ravel()
+    return np.quantile(values, np.linspace(0, 1, n)).astype(np.float64)
+
+
+def pair_inputs(images: list, labels: list) -> list[tuple]:
+    """Pair image and label cases by case id when every image has a same-named label, else by position."""
+    by_id = {c.case_id: c for c in labels}
+    if all(c.case_id in by_id for c in images) and len(labels) == len(images):
+        return [(c, by_id[c.case_id]) for c in images]
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images but {len(labels)} label maps", path="--labels",
+                         fix="pass one label map per image, in the same order or with the same case ids")
+    return list(zip(images, labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and augmentation (torch RNG only, so checkpoints restore it with weights_only=True)
+# ---------------------------------------------------------------------------------------------
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand((), generator=gen))
+
+
+def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
+                 foreground_fraction: float, pad_value: float = -1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One patch, centred on a random voxel of a random present class with ``foreground_fraction``."""
+    shape = np.array(case.image.shape)
+    if float(torch.rand((), generator=gen)) < foreground_fraction:
+        classes = getattr(case, "_classes", None)
+        if classes is None:
+            present = [int(c) for c in np.unique(case.label) if c != 0]
+            classes = {c: np.argwhere(case.label == c) for c in present}
+            case._classes = classes  # cached voxel lists per class
+        if classes:
+            keys = sorted(classes)
+            c = keys[int(torch.randint(len(keys), (), generator=gen))]
+            pts = classes[c]
+            centre = pts[int(torch.randint(len(pts), (), generator=gen))]
+        else:
+            centre = np.array([int(torch.randint(int(s), (), generator=gen)) for s in shape])
+    else:
+        centre = np.array([int(torch.randint(int(s), (), generator=gen)) for s in shape])
+    p = np.array(patch)
+    start = centre - p // 2
+    img = np.full(patch, pad_value, np.float32)
+    lab = np.zeros(patch, np.uint8)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + p, shape)
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    if np.all(src_hi > src_lo):
+        s = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+        d = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+        img[d] = case.image[s]
+        lab[d] = case.label[s]
+    return img, lab
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.3:
+        return x
+    radius = max(1, int(round(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = radius
+        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
+    return x
+
+
+def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random intensity/contrast changes of one ``(1, 1, X, Y, Z)`` patch in [-1, 1].
+
+    Each transform fires with probability ``cfg.prob``; all keep the result in [-1, 1].
+    """
+    def fire() -> bool:
+        return float(torch.rand((), generator=gen)) < cfg.prob
+
+    u = (x + 1) / 2  # [0, 1]
+    if fire():  # random monotone remap: piecewise-linear curve through jittered control points
+        n = 6
+        knots = torch.linspace(0, 1, n)
+        jitter = (torch.rand(n, generator=gen) - 0.5) * 2 * cfg.remap_strength
+        values = torch.clamp(knots + jitter, 0, 1)
+        values[0], values[-1] = 0.0, 1.0
+        values = torch.cummax(values, 0).values
+        idx = torch.clamp((u * (n - 1)).long(), 0, n - 2)
+        frac = u * (n - 1) - idx
+        u = values[idx] * (1 - frac) + values[idx + 1] * frac
+    if fire():
+        u = u.clamp(0, 1) ** _uniform(gen, *cfg.gamma)
+    if fire():
+        mean = u.mean()
+        u = (u - mean) * _uniform(gen, *cfg.contrast) + mean
+    if fire():
+        u = u + _uniform(gen, -cfg.shift, cfg.shift)
+    if fire() and cfg.bias_field > 0:  # smooth multiplicative field from a coarse random grid
+        coarse = torch.randn((1, 1, 3, 3, 3), generator=gen) * cfg.bias_field / 2
+        field = F.interpolate(coarse, size=u.shape[2:], mode="trilinear", align_corners=True)
+        u = u * torch.exp(field)
+    if fire():
+        u = _gaussian_blur(u, _uniform(gen, *cfg.blur_sigma))
+    if fire():
+        u = u + torch.randn(u.shape, generator=gen) * _uniform(gen, *cfg.noise_std)
+    return (u.clamp(0, 1) * 2 - 1).to(x.dtype)
+
+
+def augment_scale(img: torch.Tensor, lab: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
+    """Random isotropic zoom about the patch centre (labels nearest), same output size."""
+    if cfg.scale[0] == cfg.scale[1] == 1.0 or float(torch.rand((), generator=gen)) >= cfg.prob:
+        return img, lab
+    s = _uniform(gen, *cfg.scale)
+    theta = torch.zeros(1, 3, 4)
+    theta[0, :, :3] = torch.eye(3) / s
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    img = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    lab = F.grid_sample(lab.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).long()
+    return img, lab
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+# ---------------------------------------------------------------------------------------------
+
+class SegmenterTask:
+    """A :class:`medgen.training.loop.TrainingTask` for 3D patch segmentation with Dice + CE."""
+
+    def __init__(self, config: SegmenterConfig, train_cases: list[PreparedCase], val_cases: list[PreparedCase],
+                 label_names: dict[int, str], *, device: torch.device, seed: int):
+        from monai.losses import DiceCELoss
+        from medgen.runtime import resolve_precision
+        self.config = config
+        self.cases = train_cases
+        self.val_cases = val_cases
+        self.label_names = label_names
+        self.n_classes = max(label_names) + 1
+        self.device = device
+        self.dtype = resolve_precision(config.train.precision, device)
+        net, self.network_desc = build_network(config, self.n_classes)
+        self.net = distributed.wrap_ddp(net.to(device), device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+        steps = max(1, config.train.steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5,
+                               smooth_dr=1e-5)
+        self.gen = torch.Generator().manual_seed(seed + 1000 * distributed.rank())
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return distributed.unwrap(self.net)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        patch = tuple(cfg.data.patch_size)
+        imgs, labs = [], []
+        for _ in range(cfg.data.batch_size):
+            case = self.cases[int(torch.randint(len(self.cases), (), generator=self.gen))]
+            img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction)
+            x = torch.from_numpy(img)[None, None]
+            y = torch.from_numpy(lab.astype(np.int64))[None, None]
+            x, y = augment_scale(x, y, cfg.augment, self.gen)
+            x = augment_intensity(x, cfg.augment, self.gen)
+            imgs.append(x)
+            labs.append(y)
+        return torch.cat(imgs).to(self.device), torch.cat(labs).to(self.device)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self.net.train()
+        x, y = self.batch()
+        with autocast(self.device, self.dtype):
+            logits = self.net(x)
+        loss = self.loss(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return {"loss": float(loss.detach()), "lr": self.opt.param_groups[0]["lr"]}
+
+    def validate(self, step: int) -> dict[str, float]:
+        from medgen.inference.segment import segment_array
+        from medgen.metrics.segmentation import dice
+        cases = self.val_cases or self.cases[:1]
+        prefix = "dice" if self.val_cases else "fit_dice"  # fit_dice: measured on a training case
+        self.net.eval()
+        scores: dict[str, list[float]] = {}
+        for case in cases:
+            pred = segment_array(self.network, case.image, patch_size=self.config.data.patch_size,
+                                 device=self.device, dtype=self.dtype, overlap=0.25, pad_value=-1.0)
+            for cid, name in self.label_names.items():
+                if cid == 0 or not (case.label == cid).any():
+                    continue
+                scores.setdefault(name, []).append(dice(pred == cid, case.label == cid))
+        out = {f"{prefix}/{n}": float(np.mean(v)) for n, v in scores.items()}
+        if out:
+            out[f"{prefix}/mean"] = float(np.mean(list(out.values())))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"net": self.network.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])

@@ -1,0 +1,144 @@
+"""Pipeline: train a CT segmenter and export it as a bundle (one MLflow run).
+
+Read image/label pairs -> align grids -> remap labels (names, --include) -> prepare at the model's
+spacing and HU window -> patch training with the shared loop -> export ``RUN_DIR/bundle`` (kind
+``segmenter``: label names, input spacing/scaling, patch size and a CT reference histogram for
+the histogram-matching baseline) -> register it in MLflow as ``medgen-segmenter``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medgen.errors import InputError
+from medgen.training.segmenter import SegmenterConfig
+
+log = logging.getLogger(__name__)
+
+
+def train_segmenter(
+    config: SegmenterConfig,
+    *,
+    images: list[str | Path],
+    labels: list[str | Path],
+    output: str | Path,
+    label_names: str | Path | dict | None = None,
+    include: list[str] | None = None,
+    val_images: list[str | Path] | None = None,
+    val_labels: list[str | Path] | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    mlflow: bool = True,
+) -> Path:
+    """Train and export a CT segmenter; returns the bundle folder.
+
+    Args:
+        config: the resolved training config.
+        images, labels: CT inputs and their label maps (files, folders or manifests), paired by
+            case id or by position.
+        output: run folder (checkpoints, metrics, bundle, MLflow store by default).
+        label_names: id -> name mapping or JSON file (``FILE#KEY`` for one entry of a class map);
+            default: ``label_<id>`` for every id found.
+        include: names / patterns of the labels to train on (others become background).
+        val_images, val_labels: held-out pairs for validation Dice (else the last
+            ``data.val_cases`` cases, else fit on a training case).
+        max_steps: override ``train.steps``.
+        resume: continue from the newest checkpoint in ``output``.
+    """
+    from medgen.data.inputs import collect_inputs
+    from medgen.io.readers import read_volume
+    from medgen.models.bundle import BundleSpec, save_bundle
+    from medgen.runtime import resolve_device, seed_everything
+    from medgen.tracking import start_run, write_run_info
+    from medgen.training import distributed
+    from medgen.training.loop import LoopSettings, run_training
+    from medgen.training.segmenter import (SegmenterTask, body_quantiles, input_spec, pair_inputs, plan_labels,
+                                           prepare_case, read_label_names)
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    distributed.init_distributed(dev)
+    seed = config.train.seed
+    seed_everything(seed + distributed.rank())
+    if max_steps is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
+
+    pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
+    val_pairs = pair_inputs(collect_inputs(val_images), collect_inputs(val_labels)) if val_images else []
+    if isinstance(label_names, dict):
+        source_names = {int(k): str(v) for k, v in label_names.items()}
+    elif label_names:
+        source_names = read_label_names(label_names)
+    else:  # no names given: name every id found in the label maps label_<id>
+        ids = set()
+        for _, lab_case in pairs + val_pairs:
+            ids |= {int(i) for i in np.unique(read_volume(lab_case.path, kind="label").array)}
+        source_names = {0: "background", **{i: f"label_{i}" for i in sorted(ids) if i != 0}}
+    plan = plan_labels(source_names, include)
+    log.info("training classes: %s", plan.names)
+    spec = input_spec(config)
+
+    cases, val_cases, quantiles = [], [], []
+    for group, target in ((pairs, cases), (val_pairs, val_cases)):
+        for img_case, lab_case in group:
+            image = read_volume(img_case.path)
+            label = read_volume(lab_case.path, kind="label")
+            target.append(prepare_case(img_case.case_id, image, label, spec, plan))
+            if target is cases:
+                quantiles.append(body_quantiles(image.array))
+            del image, label
+    if not cases:
+        raise InputError("no training cases", path="--images")
+    if not val_cases and config.data.val_cases > 0:
+        if config.data.val_cases >= len(cases):
+            raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
+        val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
+    for case in cases:
+        present = sorted(int(c) for c in np.unique(case.label) if c)
+        log.info("case %s: grid %s, classes %s", case.case_id, case.image.shape, present)
+
+    task = SegmenterTask(config, cases, val_cases, plan.names, device=dev, seed=seed)
+    settings = LoopSettings(max_steps=config.train.steps, checkpoint_every=config.train.checkpoint_every,
+                            validate_every=config.train.validate_every, log_every=config.train.log_every)
+    manifest = output / "training_cases.csv"
+    if distributed.is_main_process():
+        rows = ["case_id,image,label,role"] + [f"{i.case_id},{i.path},{lab.path},train" for i, lab in pairs] + \
+               [f"{i.case_id},{i.path},{lab.path},val" for i, lab in val_pairs]
+        manifest.write_text("\n".join(rows) + "\n")
+    bundle_dir = output / "bundle"
+    with start_run("train_segmenter", output_dir=output, enabled=mlflow) as tracker:
+        tracker.log_config(config)
+        tracker.log_manifest(manifest, name="segmenter-training")
+        tracker.log_params({"label_names": json.dumps(plan.names)[:480], "n_train_cases": len(cases),
+                            "n_val_cases": len(val_cases)})
+        last = run_training(task, output, settings, tracker=tracker, resume=resume)
+        if distributed.is_main_process():
+            extra = {"input": spec.to_dict(), "source_label_names": {str(k): v for k, v in plan.source_names.items()},
+                     "ct_reference_quantiles": np.mean(quantiles, axis=0).round(2).tolist(),
+                     "ct_reference_threshold_hu": -500.0, "final_validation": last}
+            bundle = BundleSpec(
+                kind="segmenter", network=task.network_desc,
+                preprocess={"orientation": "RAS", "spacing": spec.spacing and list(spec.spacing),
+                            "hu_window": [spec.a_min, spec.a_max], "range": [spec.b_min, spec.b_max]},
+                label_names=plan.names, extra=extra,
+                metadata={"task": "CT segmentation", "description": "3D CT segmenter trained by medgen",
+                          "network_data_format": {
+                              "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1,
+                                                   "spatial_shape": list(spec.patch_size), "dtype": "float32",
+                                                   "value_range": [spec.a_min, spec.a_max]}},
+                              "outputs": {"pred": {"type": "image", "format": "segmentation",
+                                                   "num_channels": len(plan.names), "dtype": "float32",
+                                                   "channel_def": {str(k): v for k, v in plan.names.items()}}}}})
+            save_bundle(bundle_dir, bundle, task.network)
+            uri = tracker.log_bundle(bundle_dir, config.export.registered_name)
+            if uri:
+                log.info("registered %s", uri)
+            write_run_info(output, tracker)
+    distributed.barrier()
+    return bundle_dir
