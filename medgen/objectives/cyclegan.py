@@ -1,0 +1,215 @@
+"""The CycleGAN objective for unpaired MR <-> CT translation, as a module that returns losses.
+
+Paper-to-code symbol map (Zhu et al., ICCV 2017, with X = MR and Y = CT):
+
+=============  ==============  ==========================================================
+paper          code            meaning
+=============  ==============  ==========================================================
+G: X -> Y      ``g_mr2ct``     MR -> synthetic CT (the model users export and apply)
+F: Y -> X      ``g_ct2mr``     CT -> synthetic MR (needed for the cycle only)
+D_Y            ``d_ct``        tells real CT from G(MR)
+D_X            ``d_mr``        tells real MR from F(CT)
+L_GAN          ``adv_*``       least-squares GAN loss (Mao et al. 2017), as in CycleGAN
+L_cyc          ``cycle_*``     ||F(G(x)) - x||_1 + ||G(F(y)) - y||_1, weight ``lambda_cycle`` (10)
+L_identity     ``identity_*``  ||G(y) - y||_1 + ||F(x) - x||_1, weight lambda_identity*lambda_cycle
+=============  ==============  ==========================================================
+
+medgen's additions (each optional, weight 0 disables it):
+
+* ``structure`` -- a modality-independent structure term between x and G(x) (and y and F(y)),
+  e.g. MIND or gradient correlation (:mod:`medgen.objectives.structure`), so anatomy is kept
+  where it is instead of hallucinated.
+* ``shape`` -- shape consistency with a frozen CT segmenter S (Zhang et al., CVPR 2018):
+  ``CE(S(G(F(y))), labels(y))`` where the labels are given or S's own prediction on y.
+* ``air`` -- keep background air as air: L1 between G(x) and -1 (air in the CT window) outside
+  the MR's body mask.
+
+The networks may be DistributedDataParallel wrappers: the generator step calls the
+*unwrapped* discriminators (their weights are not updated there, so no gradient sync is wanted).
+
+Examples:
+    >>> import torch
+    >>> from medgen.networks.resnet_generator import ResnetGenerator
+    >>> from monai.networks.nets import PatchDiscriminator
+    >>> torch.manual_seed(0) and None
+    >>> g = lambda: ResnetGenerator(spatial_dims=2, features=4, n_blocks=1)
+    >>> d = lambda: PatchDiscriminator(spatial_dims=2, channels=4, in_channels=1, norm="INSTANCE")
+    >>> obj = CycleGANObjective(g(), g(), d(), d(), pool_size=4)
+    >>> mr, ct = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
+    >>> losses, images = obj.generator_loss(mr, ct)
+    >>> sorted(k for k in losses if k.startswith("cycle"))
+    ['cycle_ct', 'cycle_mr']
+    >>> d_losses = obj.discriminator_loss(mr, ct, images["fake_ct"], images["fake_mr"])
+    >>> bool(d_losses["total"] > 0)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.objectives.image_pool import ImagePool
+from medgen.training.distributed import unwrap
+
+__all__ = ["CycleGANObjective", "lsgan_loss"]
+
+
+def _score(discriminator: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The patch scores of a discriminator (MONAI's PatchDiscriminator returns a feature list)."""
+    out = discriminator(x)
+    return (out[-1] if isinstance(out, (list, tuple)) else out).float()
+
+
+def lsgan_loss(scores: torch.Tensor, target_real: bool) -> torch.Tensor:
+    """Least-squares GAN loss: mean (score - 1)^2 for real targets, mean score^2 for fake ones."""
+    target = torch.ones_like(scores) if target_real else torch.zeros_like(scores)
+    return F.mse_loss(scores, target)
+
+
+class CycleGANObjective(nn.Module):
+    """All CycleGAN losses for one batch of unpaired MR and CT (see the module docstring).
+
+    Args:
+        g_mr2ct: G, MR -> CT generator.
+        g_ct2mr: F, CT -> MR generator.
+        d_ct: D_CT, discriminator on CT; d_mr: D_MR, discriminator on MR.
+        lambda_cycle: cycle weight (10 in CycleGAN).
+        lambda_identity: identity weight relative to ``lambda_cycle`` (0.5 in CycleGAN).
+        pool_size: image pool capacity per direction (50 in CycleGAN; 0 disables).
+        structure: a loss module ``(a, b, mask) -> scalar`` comparing structure, or None.
+        lambda_structure: its weight.
+        segmenter: frozen CT segmenter ``ct -> logits`` (same layout as the CT batches), or None.
+        lambda_shape: weight of the shape-consistency term.
+        lambda_air: weight of the "air stays air outside the MR body mask" term.
+        seed: seed of the image pools' random streams.
+    """
+
+    def __init__(self, g_mr2ct: nn.Module, g_ct2mr: nn.Module, d_ct: nn.Module, d_mr: nn.Module, *,
+                 lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
+                 structure: nn.Module | None = None, lambda_structure: float = 1.0,
+                 segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
+                 lambda_air: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
+        self.lambda_cycle = float(lambda_cycle)
+        self.lambda_identity = float(lambda_identity)
+        self.structure = structure
+        self.lambda_structure = float(lambda_structure)
+        self.lambda_shape = float(lambda_shape)
+        self.lambda_air = float(lambda_air)
+        self.segmenter = segmenter
+        if isinstance(segmenter, nn.Module):
+            segmenter.eval()
+            for p in segmenter.parameters():
+                p.requires_grad_(False)
+        self.pool_ct = ImagePool(pool_size, seed=seed)
+        self.pool_mr = ImagePool(pool_size, seed=seed + 1)
+
+    def generator_loss(self, real_mr: torch.Tensor, real_ct: torch.Tensor, *, mr_mask: torch.Tensor | None = None,
+                       ct_mask: torch.Tensor | None = None, ct_labels: torch.Tensor | None = None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Losses of G and F for one batch.
+
+        Args:
+            real_mr, real_ct: (B, C, ...) batches in [-1, 1] (unpaired).
+            mr_mask, ct_mask: optional body masks (same shape, 1 inside): the structure term is
+                weighted inside them and the air term uses ``mr_mask``.
+            ct_labels: optional (B, ...) integer labels of ``real_ct`` for the shape term.
+
+        Returns:
+            ``(losses, images)``: ``losses["total"]`` is what to back-propagate, the other entries
+            are its (weighted-before-summing) components; ``images`` holds ``fake_ct``,
+            ``fake_mr`` (detached, for the discriminator step and pictures), ``rec_mr``, ``rec_ct``.
+        """
+        G, Fn = self.g_mr2ct, self.g_ct2mr
+        d_ct, d_mr = unwrap(self.d_ct), unwrap(self.d_mr)
+        fake_ct = G(real_mr)
+        fake_mr = Fn(real_ct)
+        rec_mr = Fn(fake_ct)
+        rec_ct = G(fake_mr)
+        losses: dict[str, torch.Tensor] = {}
+        with _frozen(d_ct), _frozen(d_mr):
+            losses["adv_ct"] = lsgan_loss(_score(d_ct, fake_ct), True)
+            losses["adv_mr"] = lsgan_loss(_score(d_mr, fake_mr), True)
+        losses["cycle_mr"] = F.l1_loss(rec_mr.float(), real_mr.float())
+        losses["cycle_ct"] = F.l1_loss(rec_ct.float(), real_ct.float())
+        total = losses["adv_ct"] + losses["adv_mr"] + self.lambda_cycle * (losses["cycle_mr"] + losses["cycle_ct"])
+        if self.lambda_identity > 0:
+            losses["identity_ct"] = F.l1_loss(G(real_ct).float(), real_ct.float())
+            losses["identity_mr"] = F.l1_loss(Fn(real_mr).float(), real_mr.float())
+            total = total + self.lambda_cycle * self.lambda_identity * (losses["identity_ct"] + losses["identity_mr"])
+        if self.structure is not None and self.lambda_structure > 0:
+            losses["structure_mr"] = self.structure(real_mr, fake_ct, mr_mask)
+            losses["structure_ct"] = self.structure(real_ct, fake_mr, ct_mask)
+            total = total + self.lambda_structure * (losses["structure_mr"] + losses["structure_ct"])
+        if self.lambda_air > 0 and mr_mask is not None:
+            outside = 1.0 - mr_mask.float()
+            losses["air"] = ((fake_ct.float() + 1.0).abs() * outside).sum() / outside.numel()
+            total = total + self.lambda_air * losses["air"]
+        if self.segmenter is not None and self.lambda_shape > 0:
+            losses["shape"] = self.shape_loss(real_ct, rec_ct, ct_labels)
+            total = total + self.lambda_shape * losses["shape"]
+        losses["total"] = total
+        images = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(), "rec_mr": rec_mr.detach(),
+                  "rec_ct": rec_ct.detach()}
+        return losses, images
+
+    def shape_loss(self, real_ct: torch.Tensor, rec_ct: torch.Tensor, ct_labels: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Cross-entropy of the frozen segmenter on G(F(y)) against y's labels (or S(y))."""
+        if ct_labels is None:
+            with torch.no_grad():
+                ct_labels = _logits(self.segmenter(real_ct)).argmax(1)
+        logits = _logits(self.segmenter(rec_ct)).float()
+        return F.cross_entropy(logits, ct_labels.long())
+
+    def discriminator_loss(self, real_mr: torch.Tensor, real_ct: torch.Tensor, fake_ct: torch.Tensor,
+                           fake_mr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """LSGAN losses of D_CT and D_MR on real images and pooled (detached) fakes."""
+        fake_ct = self.pool_ct.query(fake_ct.detach())
+        fake_mr = self.pool_mr.query(fake_mr.detach())
+        losses = {
+            "d_ct": 0.5 * (lsgan_loss(_score(self.d_ct, real_ct), True) + lsgan_loss(_score(self.d_ct, fake_ct), False)),
+            "d_mr": 0.5 * (lsgan_loss(_score(self.d_mr, real_mr), True) + lsgan_loss(_score(self.d_mr, fake_mr), False)),
+        }
+        losses["total"] = losses["d_ct"] + losses["d_mr"]
+        return losses
+
+    def forward(self, real_mr: torch.Tensor, real_ct: torch.Tensor, **kwargs):
+        """Same as :meth:`generator_loss` (the objective's main use)."""
+        return self.generator_loss(real_mr, real_ct, **kwargs)
+
+    def pools_state_dict(self) -> dict:
+        return {"ct": self.pool_ct.state_dict(), "mr": self.pool_mr.state_dict()}
+
+    def load_pools_state_dict(self, state: dict) -> None:
+        self.pool_ct.load_state_dict(state["ct"])
+        self.pool_mr.load_state_dict(state["mr"])
+
+
+def _logits(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class _frozen:
+    """Temporarily stop gradients into a module's parameters (restores the previous flags)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.flags: list[bool] = []
+
+    def __enter__(self):
+        params = list(self.module.parameters())
+        self.flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        return self.module
+
+    def __exit__(self, *exc):
+        for p, flag in zip(self.module.parameters(), self.flags):
+            p.requires_grad_(flag)
+        return False

@@ -1,0 +1,374 @@
+"""Unpaired MR -> CT translator training: the config schema and the :class:`TranslatorTask`.
+
+The task plugs into the shared loop (:func:`medgen.training.loop.run_training`), which owns
+resume, checkpoints, logging and DDP; the task owns the four networks (G: MR->CT, F: CT->MR,
+D_CT, D_MR), the :class:`~medgen.objectives.cyclegan.CycleGANObjective`, two optimisers with a
+linear learning-rate decay over the second half, and one independent sampler per modality.
+
+One step (the CycleGAN algorithm, unrolled)::
+
+    mr, ct   <- independent samples (unpaired) from the MR and CT samplers
+    losses   <- objective.generator_loss(mr, ct)   # adversarial + cycle + identity (+ extras)
+    update G and F
+    d_losses <- objective.discriminator_loss(mr, ct, G(mr), F(ct))   # with the image pools
+    update D_CT and D_MR
+
+Everything random that affects training (samplers, pools, global RNGs, which the loop saves) is
+in the checkpoint, so an interrupted run resumed with ``--resume`` continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from medgen.config import StrictModel
+from medgen.data.sampling import VolumeSampler
+from medgen.objectives.cyclegan import CycleGANObjective
+from medgen.objectives.structure import build_structure_loss
+from medgen.runtime import autocast
+from medgen.training import distributed
+from medgen.transforms.recipes import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+GENERATOR_NAME = "medgen.networks.resnet_generator:ResnetGenerator"
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+class PreprocessSections(StrictModel):
+    """The preprocessing recipe of each modality, embedded (so ``--set preprocess.ct.ct.window=...``
+    works and the exported bundle records exactly what the MR needs). Omitted keys take the
+    defaults of ``configs/preprocess/{mr,ct}.yaml``. MR and CT must share the voxel spacing."""
+
+    mr: PreprocessConfig = Field(default_factory=lambda: PreprocessConfig(modality="mr"))
+    ct: PreprocessConfig = Field(default_factory=lambda: PreprocessConfig(modality="ct"))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.mr.modality != "mr" or self.ct.modality != "ct":
+            raise ValueError("preprocess.mr must have modality mr and preprocess.ct modality ct")
+        if self.mr.spacing != self.ct.spacing:
+            raise ValueError(f"preprocess.mr.spacing {self.mr.spacing} and preprocess.ct.spacing {self.ct.spacing} "
+                             "must be equal (the translator maps voxels to voxels)")
+        if self.mr.orientation != "RAS" or self.ct.orientation != "RAS":
+            raise ValueError("the translator slices along RAS axis 2 (axial); keep preprocess orientation RAS")
+        return self
+
+
+class ModelConfig(StrictModel):
+    spatial_dims: Literal[2, 3] = 2
+    context: int = Field(3, ge=1, description="adjacent slices per 2D sample (1 = 2D, odd k = 2.5D); 1 for 3D")
+    features: int = Field(32, ge=1)
+    n_down: int = Field(2, ge=1, le=5)
+    n_blocks: int = Field(6, ge=0)
+    norm: Literal["instance", "batch", "group", "none"] = "instance"
+    upsample: Literal["nearest", "linear", "transpose"] = "nearest"
+    dropout: float = 0.0
+    stem_kernel: int = 7
+    disc_features: int = 32
+    disc_layers: int = 3
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.context % 2 == 0:
+            raise ValueError("context must be odd (a centre slice with the same number of neighbours each side)")
+        if self.spatial_dims == 3 and self.context != 1:
+            raise ValueError("context must be 1 for spatial_dims 3")
+        return self
+
+
+class DataConfig(StrictModel):
+    patch_size: list[int] = Field(default_factory=lambda: [128, 128])
+    batch_size: int = Field(2, ge=1)
+    foreground_prob: float = Field(0.9, ge=0, le=1)
+    flip: bool = True
+    mr_gamma: list[float] | None = Field(default_factory=lambda: [0.8, 1.25])
+
+
+class LossConfig(StrictModel):
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    structure: Literal["none", "mind", "gradient_correlation"] = "mind"
+    lambda_structure: float = 5.0
+    lambda_air: float = 1.0
+    shape_segmenter: str | None = None
+    lambda_shape: float = 1.0
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(2000, ge=1)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_from: float = Field(0.5, ge=0, le=1, description="fraction of steps after which the LR decays linearly to 0")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    log_every: int = 20
+    val_samples: int = 8
+
+
+class InferenceConfig(StrictModel):
+    batch_slices: int = Field(8, ge=1, description="2D: slices per forward pass (memory bound)")
+    stack_blend: Literal["centre", "mean"] = "mean"
+    mask_background: bool = True
+    window_size: list[int] | None = None
+    overlap: float = 0.5
+
+
+class TranslatorConfig(StrictModel):
+    """``configs/translator/*.yaml``."""
+
+    seed: int = 0
+    preprocess: PreprocessSections = Field(default_factory=PreprocessSections)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+    @property
+    def ct_window(self) -> tuple[float, float]:
+        return tuple(float(w) for w in self.preprocess.ct.ct.window)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.data.patch_size) != self.model.spatial_dims:
+            raise ValueError(f"data.patch_size needs {self.model.spatial_dims} sizes for spatial_dims "
+                             f"{self.model.spatial_dims}")
+        multiple = 2 ** self.model.n_down
+        if any(p % multiple for p in self.data.patch_size):
+            raise ValueError(f"data.patch_size must be multiples of 2**model.n_down = {multiple}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+def generator_kwargs(model: ModelConfig) -> dict:
+    """Constructor arguments of G (and F): recorded in the bundle so G can be rebuilt."""
+    channels = model.context if model.spatial_dims == 2 else 1
+    return {"spatial_dims": model.spatial_dims, "in_channels": channels, "out_channels": channels,
+            "features": model.features, "n_down": model.n_down, "n_blocks": model.n_blocks, "norm": model.norm,
+            "upsample": model.upsample, "dropout": model.dropout, "stem_kernel": model.stem_kernel}
+
+
+def build_networks(model: ModelConfig) -> dict[str, torch.nn.Module]:
+    """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised."""
+    from monai.networks.nets import PatchDiscriminator
+
+    from medgen.networks.resnet_generator import ResnetGenerator
+    kwargs = generator_kwargs(model)
+    nets = {"g_mr2ct": ResnetGenerator(**kwargs), "g_ct2mr": ResnetGenerator(**kwargs)}
+    for name in ("d_ct", "d_mr"):
+        nets[name] = PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features,
+                                        in_channels=kwargs["in_channels"], num_layers_d=model.disc_layers,
+                                        norm="INSTANCE")
+    for net in nets.values():
+        _init_weights(net)
+    return nets
+
+
+def _init_weights(net: torch.nn.Module, gain: float = 0.02) -> None:
+    """CycleGAN's N(0, 0.02) initialisation of convolutions (uses the global, seeded RNG)."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+            torch.nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+
+
+def linear_decay(total_steps: int, decay_from: float) -> Callable[[int], float]:
+    """LR factor: 1 for the first ``decay_from`` of training, then linear down to ~0 at the end."""
+    start = int(total_steps * decay_from)
+    span = max(1, total_steps - start)
+
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, 1.0 - (step - start) / span)
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PairedCase:
+    """A validation case with a paired reference CT (e.g. phantoms): metrics in HU on the MR grid.
+
+    Attributes:
+        case_id: name for logs.
+        evaluate: ``G -> metrics dict`` (built by the pipeline: translate the MR with G, compare
+            with the CT inside the body mask; see :func:`medgen.pipelines.train_translator`).
+        picture: ``G -> list of (title, 2D array, window)`` for the sample grid, optional.
+    """
+
+    case_id: str
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    picture: Callable[[torch.nn.Module], list] | None = None
+
+
+class TranslatorTask:
+    """CycleGAN training as a :class:`medgen.training.loop.TrainingTask`.
+
+    Args:
+        config: the resolved :class:`TranslatorConfig`.
+        mr_volumes, ct_volumes: preprocessed training volumes (RAS, unit range), held in memory.
+        mr_masks, ct_masks: their body masks (default: computed).
+        device: compute device; precision: compute dtype (autocast) for the forward passes.
+        paired: validation cases with a reference CT (MAE/PSNR/SSIM in HU); without them the
+            validation reports cycle errors on a fixed set of held-out samples.
+        segmenter: a frozen CT segmenter for the shape-consistency term (or None).
+        run_dir: where sample grids are written (``samples/``); tracker: MLflow tracker or None.
+    """
+
+    def __init__(self, config: TranslatorConfig, mr_volumes: list[np.ndarray], ct_volumes: list[np.ndarray], *,
+                 mr_masks: list[np.ndarray] | None = None, ct_masks: list[np.ndarray] | None = None,
+                 device: torch.device | str = "cpu", precision: torch.dtype = torch.float32,
+                 paired: list[PairedCase] | None = None, segmenter: torch.nn.Module | None = None,
+                 run_dir: str | Path | None = None, tracker=None):
+        self.config = config
+        self.device = torch.device(device)
+        self.precision = precision
+        self.paired = paired or []
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tracker = tracker
+        m, d, loss, train = config.model, config.data, config.loss, config.train
+        nets = build_networks(m)
+        for net in nets.values():
+            net.to(self.device)
+        # DDP wrappers (no-ops in one process); the objective unwraps discriminators where needed
+        self.nets = {k: distributed.wrap_ddp(v, self.device) for k, v in nets.items()}
+        self.objective = CycleGANObjective(
+            self.nets["g_mr2ct"], self.nets["g_ct2mr"], self.nets["d_ct"], self.nets["d_mr"],
+            lambda_cycle=loss.lambda_cycle, lambda_identity=loss.lambda_identity, pool_size=loss.pool_size,
+            structure=build_structure_loss(loss.structure), lambda_structure=loss.lambda_structure,
+            segmenter=segmenter.to(self.device) if segmenter is not None else None, lambda_shape=loss.lambda_shape,
+            lambda_air=loss.lambda_air, seed=config.seed + 17 * distributed.rank())
+        betas = (train.beta1, train.beta2)
+        self.opt_g = torch.optim.Adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
+                                      lr=train.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(list(nets["d_ct"].parameters()) + list(nets["d_mr"].parameters()),
+                                      lr=train.lr, betas=betas)
+        factor = linear_decay(train.steps, train.decay_from)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
+        seed = config.seed + 1000 * distributed.rank()  # each rank draws different samples
+        common = {"spatial_dims": m.spatial_dims, "patch_size": d.patch_size, "context": m.context,
+                  "foreground_prob": d.foreground_prob, "flip_axes": (0,) if d.flip else ()}
+        self.mr_sampler = VolumeSampler(mr_volumes, mr_masks, gamma_range=d.mr_gamma, seed=seed + 1, **common)
+        self.ct_sampler = VolumeSampler(ct_volumes, ct_masks, seed=seed + 2, **common)
+        # a fixed validation set for the unpaired (cycle) errors, from its own generator
+        val_common = dict(common, flip_axes=())
+        self.val_mr = VolumeSampler(mr_volumes, self.mr_sampler.masks, seed=seed + 3, **val_common).sample(train.val_samples)
+        self.val_ct = VolumeSampler(ct_volumes, self.ct_sampler.masks, seed=seed + 4, **val_common).sample(train.val_samples)
+
+    @property
+    def generator(self) -> torch.nn.Module:
+        """G (MR -> CT), unwrapped: the network that is exported."""
+        return distributed.unwrap(self.nets["g_mr2ct"])
+
+    def train_step(self, step: int) -> dict[str, float]:
+        for net in self.nets.values():
+            net.train()
+        bs = self.config.data.batch_size
+        mr = self.mr_sampler.sample(bs).to(self.device)
+        ct = self.ct_sampler.sample(bs).to(self.device)
+        with autocast(self.device, self.precision):
+            losses, images = self.objective.generator_loss(mr.image, ct.image, mr_mask=mr.mask, ct_mask=ct.mask)
+        self.opt_g.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.opt_g.step()
+        with autocast(self.device, self.precision):
+            d_losses = self.objective.discriminator_loss(mr.image, ct.image, images["fake_ct"], images["fake_mr"])
+        self.opt_d.zero_grad(set_to_none=True)
+        d_losses["total"].backward()
+        self.opt_d.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        out = {f"g_{k}": float(v.detach()) for k, v in losses.items()}
+        out.update({k if k != "total" else "d_total": float(v.detach()) for k, v in d_losses.items()})
+        out["lr"] = self.sched_g.get_last_lr()[0]
+        if not all(math.isfinite(v) for v in out.values()):
+            from medgen.errors import MedgenError
+            raise MedgenError(f"training diverged at step {step} (non-finite loss: {out})",
+                              fix="lower train.lr, use train.precision=fp32, or resume from an earlier checkpoint")
+        return out
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, float]:
+        G, Fn = self.nets["g_mr2ct"], self.nets["g_ct2mr"]
+        G, Fn = distributed.unwrap(G), distributed.unwrap(Fn)
+        G.eval()
+        Fn.eval()
+        metrics: dict[str, float] = {}
+        mr, ct = self.val_mr.to(self.device), self.val_ct.to(self.device)
+        with autocast(self.device, self.precision):
+            fake_ct = G(mr.image)
+            rec_mr = Fn(fake_ct)
+            fake_mr = Fn(ct.image)
+            rec_ct = G(fake_mr)
+        metrics["cycle_mr_l1"] = float((rec_mr.float() - mr.image).abs().mean())
+        metrics["cycle_ct_l1"] = float((rec_ct.float() - ct.image).abs().mean())
+        if self.paired and distributed.is_main_process():
+            rows = [case.evaluate(G) for case in self.paired]
+            for key in rows[0]:
+                metrics[key] = float(np.mean([r[key] for r in rows]))
+        if distributed.is_main_process() and self.run_dir is not None:
+            self._save_samples(step, mr.image, fake_ct, ct.image, fake_mr, G)
+        G.train()
+        Fn.train()
+        return metrics
+
+    def _save_samples(self, step: int, mr, fake_ct, ct, fake_mr, G) -> None:
+        """A PNG grid: MR | synthetic CT (| real CT) for paired cases, then training samples."""
+        from medgen.viz import Panel, save_panels_png
+        unit = (-1.0, 1.0)
+        rows = []
+        for case in self.paired[:2]:
+            if case.picture is not None:
+                rows.append([Panel(img, window=win, title=f"{case.case_id} {title}") for title, img, win in case.picture(G)])
+        c = mr.shape[1] // 2
+        for i in range(min(2, mr.shape[0])):
+            rows.append([Panel(_display(mr[i, c]), window=unit, title="MR (sample)"),
+                         Panel(_display(fake_ct[i, c]), window=unit, title="G(MR) synthetic CT"),
+                         Panel(_display(ct[i, c]), window=unit, title="CT (unpaired)"),
+                         Panel(_display(fake_mr[i, c]), window=unit, title="F(CT) synthetic MR")])
+        path = self.run_dir / "samples" / f"step_{step:08d}.png"
+        save_panels_png(path, rows, title=f"step {step}")
+        if self.tracker is not None:
+            self.tracker.log_figure_png(path, "samples")
+
+    def state_dict(self) -> dict:
+        return {"nets": {k: distributed.unwrap(v).state_dict() for k, v in self.nets.items()},
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "pools": self.objective.pools_state_dict(),
+                "mr_sampler": self.mr_sampler.state_dict(), "ct_sampler": self.ct_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self.nets.items():
+            distributed.unwrap(v).load_state_dict(state["nets"][k])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.objective.load_pools_state_dict(state["pools"])
+        self.mr_sampler.load_state_dict(state["mr_sampler"])
+        self.ct_sampler.load_state_dict(state["ct_sampler"])
+
+
+def _display(x: torch.Tensor) -> np.ndarray:
+    """A (X, Y) RAS slice -> a display image (anterior up, patient's right on the left)."""
+    return x.detach().float().cpu().numpy()[::-1, ::-1].T
