@@ -32,7 +32,7 @@ class SeriesInfo:
 
     def line(self) -> str:
         desc = self.description or "(no description)"
-        return f"{self.uid}  {self.modality or '?'}  {self.n_slices} slices  {desc}"
+        return f"{self.uid or '(empty SeriesInstanceUID)'}  {self.modality or '?'}  {self.n_slices} slices  {desc}"
 
 
 def _series_ids(folder: Path) -> list[str]:
@@ -136,7 +136,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     except RuntimeError as exc:
         raise InputError(f"the DICOM series cannot be decoded ({str(exc).strip().splitlines()[-1]})",
                          path=folder, fix="check the files are complete, uncompressed or in a supported transfer syntax") from exc
-    volume = volume_from_sitk(image, source=str(folder), series_uid=info.uid,
+    volume = volume_from_sitk(image, source=str(folder), series_uid=info.uid or None,
                               meta={"modality": info.modality, "description": info.description,
                                     "files": list(info.files)})
     return volume

@@ -63,6 +63,13 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
         raise InputError(f"the series has {len(files)} files for {series.shape[2]} slices", path=series.source,
                          fix="pass a folder holding exactly one single-frame DICOM series")
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    missing = sorted({key for ds in datasets for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                                          "SOPClassUID", "FrameOfReferenceUID")
+                      if not str(ds.get(key, "") or "").strip()})
+    if missing:
+        raise InputError(f"the series' files have empty {', '.join(missing)} (anonymised without UIDs), so a DICOM "
+                         "SEG cannot reference them", path=series.source,
+                         fix="use a series exported with its UIDs, or keep the NIfTI mask instead of --dicom-seg")
     affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ series.affine
     spacing = np.asarray(series.spacing)
     row_dir, col_dir = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
