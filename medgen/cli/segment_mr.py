@@ -1,0 +1,63 @@
+"""``medgen segment-mr``: masks on MR scans from a CT segmenter, through synthetic CT."""
+
+from __future__ import annotations
+
+from medgen.cli import add_device, subparser
+
+
+def register(sub) -> None:
+    parser = subparser(
+        sub, "segment-mr", "segment MR scans with a CT segmenter via synthetic CT",
+        "medgen segment-mr -i mr.nii.gz -o mask.nii.gz --translator runs/translator --segmenter runs/segmenter "
+        "--qc qc.png",
+        description="MR -> synthetic CT (translator) -> CT segmenter -> mask on the MR's exact grid, plus "
+                    "<mask>.labels.json. --translator none|histogram runs the baselines (segmenter on the "
+                    "normalised / histogram-matched MR). With -i a folder or manifest and -o a folder, every scan "
+                    "is processed independently: failures are reported, finished scans are skipped on rerun, "
+                    "the exit code is 1 if any scan failed.")
+    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="MR",
+                        help="MR file, DICOM series folder, folder of scans or manifest CSV")
+    parser.add_argument("-o", "--output", required=True, metavar="MASK",
+                        help="mask file (.nii.gz/.nrrd/.mha) for one scan, or an output folder for many")
+    parser.add_argument("--translator", required=True, metavar="MODEL",
+                        help="translator run dir, bundle dir or MLflow URI; or 'none' / 'histogram' (baselines)")
+    parser.add_argument("--segmenter", required=True, metavar="MODEL",
+                        help="medgen run/bundle dir, MLflow URI, MONAI bundle folder, TorchScript file (+ sidecar), "
+                             "or totalsegmentator[:task][:fast]")
+    parser.add_argument("--trust-bundle", action="store_true",
+                        help="allow a MONAI bundle's config expressions to run (only for bundles you trust)")
+    parser.add_argument("--ct-reference", default=None, metavar="CT",
+                        help="CT whose histogram the 'histogram' baseline matches (default: the segmenter's own)")
+    parser.add_argument("--dicom-seg", nargs="?", const="auto", default=None, metavar="OUT.dcm",
+                        help="also write a DICOM SEG referencing the MR series (DICOM input); in batch mode "
+                             "any value turns it on")
+    parser.add_argument("--qc", nargs="?", const="auto", default=None, metavar="OUT.png",
+                        help="also write a QC picture (MR | synthetic CT | mask on MR, three planes)")
+    parser.add_argument("--save-sct", nargs="?", const="auto", default=None, metavar="SCT",
+                        help="also write the synthetic CT (HU, MR grid)")
+    parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
+    parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    add_device(parser, precision=True)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from medgen.pipelines.segment_mr import ChainOptions, segment_mr
+
+    options = ChainOptions(translator=args.translator, segmenter=args.segmenter, trust_bundle=args.trust_bundle,
+                           device=args.device, precision=args.precision, overwrite=args.overwrite,
+                           series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta)
+    reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,
+                         dicom_seg=args.dicom_seg, workers=args.workers)
+    failed = [r for r in reports if r.status == "failed"]
+    for r in reports:
+        if r.status == "ok":
+            print(r.outputs.get("mask"))
+    if failed:
+        import logging
+        logging.getLogger("medgen").error("%d of %d scans failed: %s", len(failed), len(reports),
+                                          "; ".join(f"{r.case_id}: {r.error}" for r in failed[:5]))
+        return 1
+    return 0

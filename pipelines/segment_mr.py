@@ -1,0 +1,260 @@
+"""Pipeline: segment MR scans with a CT segmenter through synthetic CT (``medgen segment-mr``).
+
+One scan: ``-i MR -o MASK.nii.gz``. Many scans: ``-i`` a folder / manifest / several inputs and
+``-o`` a folder; every scan is independent (a failure is reported and the batch goes on), a scan
+whose outputs already exist is skipped (resume), and each worker process holds one scan at a
+time, so memory does not grow with the batch. Per scan it writes the mask on the MR's exact
+grid, ``<mask>.labels.json`` (label names and provenance), and optionally the synthetic CT, a
+DICOM SEG (DICOM input) and a QC picture. A batch also writes ``segment_mr_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medgen.errors import InputError, MedgenError, OutputError
+from medgen.io.readers import VOLUME_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+@dataclass
+class ChainOptions:
+    """Everything about how to run the chain, shared by all scans of a batch."""
+
+    translator: str
+    segmenter: str
+    trust_bundle: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    series_uid: str | None = None
+    ct_reference: str | None = None
+    flip_tta: bool = False
+
+
+@dataclass
+class CaseOutputs:
+    mask: Path
+    labels_json: Path
+    sct: Path | None = None
+    dicom_seg: Path | None = None
+    qc: Path | None = None
+
+
+@dataclass
+class CaseReport:
+    case_id: str
+    input: str
+    status: str  # ok | skipped | failed
+    outputs: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    labels_found: list = field(default_factory=list)
+    error: str | None = None
+
+
+def labels_json_path(mask_path: Path) -> Path:
+    """``mask.nii.gz`` -> ``mask.labels.json``."""
+    name = mask_path.name
+    for ext in VOLUME_SUFFIXES:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return mask_path.with_name(name + ".labels.json")
+
+
+def is_dicom_input(path: Path) -> bool:
+    return path.is_dir() or path.name.lower().endswith(".dcm")
+
+
+# ---------------------------------------------------------------------------------------------
+# one scan
+# ---------------------------------------------------------------------------------------------
+
+_MODELS: dict = {}
+
+
+def _models(options: ChainOptions):
+    """Translator and segmenter, loaded once per process."""
+    key = (options.translator, options.segmenter, options.trust_bundle, options.flip_tta)
+    if _MODELS.get("key") != key:
+        from medgen.inference.chain import load_chain_translator
+        from medgen.models.segmenters import load_segmenter
+        _MODELS.clear()
+        _MODELS.update(key=key, translator=load_chain_translator(options.translator),
+                       segmenter=load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
+                                                flip_tta=options.flip_tta))
+    return _MODELS["translator"], _MODELS["segmenter"]
+
+
+def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, case_id: str = "") -> CaseReport:
+    """Run the chain on one scan and write its outputs (mask and labels JSON last)."""
+    import numpy as np
+
+    from medgen.inference.chain import segment_mr_volume
+    from medgen.io.atomic import check_output_path, write_text_atomic
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+
+    inputs = (str(mr_path),)
+    for path in (outputs.mask, outputs.labels_json, outputs.sct, outputs.dicom_seg, outputs.qc):
+        if path is not None:  # fail before the work
+            check_output_path(path, overwrite=options.overwrite, inputs=inputs)
+    if outputs.dicom_seg is not None and not is_dicom_input(mr_path):
+        raise InputError("--dicom-seg needs a DICOM series as input (the SEG references its instances)",
+                         path=mr_path, fix="pass the MR DICOM series folder, or drop --dicom-seg")
+    translator, segmenter = _models(options)
+    t0 = time.perf_counter()
+    mr = read_volume(mr_path, series_uid=options.series_uid)
+    t_read = time.perf_counter() - t0
+    result = segment_mr_volume(mr, translator=translator, segmenter=segmenter, device=options.device,
+                               precision=options.precision, ct_reference=options.ct_reference)
+    t1 = time.perf_counter()
+    written = {}
+    if outputs.sct is not None:
+        sct = result.sct.with_array(np.rint(result.sct.array).astype(np.int16))
+        written["sct"] = str(write_volume(sct, outputs.sct, overwrite=options.overwrite, inputs=inputs))
+    if outputs.qc is not None:
+        from medgen.inference.qc import save_chain_qc
+        written["qc"] = str(save_chain_qc(outputs.qc, mr, result.sct, result.mask, result.label_names,
+                                          title=f"{case_id or mr_path.name}: {Path(str(options.translator)).name} -> "
+                                                f"{Path(str(options.segmenter)).name}"))
+    if outputs.dicom_seg is not None:
+        from medgen.io.dicom_seg import write_dicom_seg
+        folder = mr_path if mr_path.is_dir() else mr_path.parent
+        written["dicom_seg"] = str(write_dicom_seg(result.mask, folder, outputs.dicom_seg, result.label_names,
+                                                   overwrite=options.overwrite, inputs=inputs,
+                                                   series_uid=options.series_uid or mr.series_uid,
+                                                   algorithm_name="medgen segment-mr"))
+    written["mask"] = str(write_volume(result.mask, outputs.mask, overwrite=options.overwrite, inputs=inputs))
+    present = sorted(int(i) for i in np.unique(result.mask.array) if i)
+    info = {"label_names": {str(k): v for k, v in result.label_names.items()},
+            "labels_found": [result.label_names.get(i, str(i)) for i in present],
+            "mr": str(mr_path), "translator": str(options.translator), "segmenter": str(options.segmenter),
+            "shape": list(mr.shape), "orientation": mr.orientation}
+    write_text_atomic(outputs.labels_json, json.dumps(info, indent=1))  # last: marks the case as done
+    written["labels_json"] = str(outputs.labels_json)
+    timings = {"read": t_read, **result.timings, "write": time.perf_counter() - t1}
+    log.info("%s: %s labels found (%s) in %.1f s", case_id or mr_path.name, len(present),
+             ", ".join(info["labels_found"][:8]), sum(timings.values()))
+    return CaseReport(case_id or mr_path.name, str(mr_path), "ok", written, {k: round(v, 3) for k, v in timings.items()},
+                      info["labels_found"])
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------------
+
+def _batch_outputs(out_dir: Path, case_id: str, *, sct: bool, qc: bool, dicom_seg: bool, dicom_ok: bool) -> CaseOutputs:
+    return CaseOutputs(mask=out_dir / f"{case_id}.nii.gz", labels_json=out_dir / f"{case_id}.labels.json",
+                       sct=out_dir / f"{case_id}_sct.nii.gz" if sct else None,
+                       dicom_seg=out_dir / f"{case_id}_seg.dcm" if dicom_seg and dicom_ok else None,
+                       qc=out_dir / f"{case_id}_qc.png" if qc else None)
+
+
+def _run_case(args) -> CaseReport:
+    case_id, path, outputs, options = args
+    try:
+        return segment_one(Path(path), outputs, options, case_id=case_id)
+    except MedgenError as exc:
+        log.error("%s: %s", case_id, exc.one_line())
+        return CaseReport(case_id, str(path), "failed", error=exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
+        log.error("%s: unexpected %s: %s", case_id, type(exc).__name__, exc)
+        log.debug("%s", traceback.format_exc())
+        return CaseReport(case_id, str(path), "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptions, *, save_sct: str | None = None,
+               qc: str | None = None, dicom_seg: str | None = None, workers: int = 1) -> list[CaseReport]:
+    """Segment one scan (``output`` a volume file) or a batch (``output`` a folder).
+
+    Args:
+        inputs: MR files, DICOM series folders, folders of scans or a manifest.
+        output: mask file (one scan) or output folder (batch).
+        options: translator, segmenter and runtime settings.
+        save_sct, qc, dicom_seg: output paths for one scan; for a batch any value (e.g. ``auto``)
+            turns the output on, named ``<case>_sct.nii.gz``, ``<case>_qc.png``, ``<case>_seg.dcm``.
+        workers: parallel worker processes for a batch (each handles one scan at a time).
+
+    Returns:
+        One report per scan; ``status`` is ``ok``, ``skipped`` (outputs already there) or ``failed``.
+
+    Raises:
+        MedgenError: for a single scan, the problem (a batch records it and continues).
+    """
+    from medgen.data.inputs import collect_inputs
+    output = Path(output)
+    single = output.name.lower().endswith(VOLUME_SUFFIXES)
+    if single:
+        cases = collect_inputs(inputs)
+        if len(cases) != 1:
+            raise InputError(f"{len(cases)} scans found but -o is one file", path=output,
+                             fix="pass an output folder for several scans")
+        case = cases[0]
+        outs = CaseOutputs(mask=output, labels_json=labels_json_path(output),
+                           sct=_single(save_sct, output, "_sct.nii.gz"), qc=_single(qc, output, "_qc.png"),
+                           dicom_seg=_single(dicom_seg, output, "_seg.dcm"))
+        return [segment_one(Path(case.path), outs, options, case_id=case.case_id)]
+
+    if output.exists() and not output.is_dir():
+        raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
+    output.mkdir(parents=True, exist_ok=True)
+    cases = collect_inputs(inputs)
+    if not cases:
+        raise InputError("no scans found", path=", ".join(map(str, inputs)))
+    todo, reports = [], []
+    for case in cases:
+        outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),
+                              dicom_ok=is_dicom_input(Path(case.path)))
+        if dicom_seg and outs.dicom_seg is None:
+            log.warning("%s: not a DICOM series; no DICOM SEG written", case.case_id)
+        done = outs.labels_json.exists() and outs.mask.exists()
+        if done and not options.overwrite:
+            reports.append(CaseReport(case.case_id, str(case.path), "skipped", {"mask": str(outs.mask)}))
+            continue
+        todo.append((case.case_id, str(case.path), outs, options))
+    log.info("%d scans: %d to do, %d already done", len(cases), len(todo), len(reports))
+    start = time.perf_counter()
+    if workers <= 1 or len(todo) <= 1:
+        from medgen.progress import progress
+        for item in progress(todo, desc="segment-mr", unit="scan"):
+            reports.append(_run_case(item))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(threads,)) as pool:
+            reports += list(pool.map(_run_case, todo))
+    summary = {"n_scans": len(cases), "ok": sum(r.status == "ok" for r in reports),
+               "skipped": sum(r.status == "skipped" for r in reports),
+               "failed": sum(r.status == "failed" for r in reports), "seconds": round(time.perf_counter() - start, 2),
+               "translator": str(options.translator), "segmenter": str(options.segmenter),
+               "cases": [asdict(r) for r in reports]}
+    from medgen.io.atomic import write_text_atomic
+    write_text_atomic(output / "segment_mr_summary.json", json.dumps(summary, indent=1, default=str))
+    log.info("batch: %d ok, %d skipped, %d failed (summary in %s)", summary["ok"], summary["skipped"],
+             summary["failed"], output / "segment_mr_summary.json")
+    return reports
+
+
+def _single(value: str | None, mask_path: Path, suffix: str) -> Path | None:
+    if not value:
+        return None
+    if value == AUTO:
+        return labels_json_path(mask_path).with_name(labels_json_path(mask_path).name.replace(".labels.json", suffix))
+    return Path(value)
