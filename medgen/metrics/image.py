@@ -90,6 +90,10 @@ def ssim(pred, ref, mask=None, data_range=None, *, sigma: float = 1.5, per_slice
 
     Returns:
         Mean SSIM in [-1, 1]; 1 for identical images.
+
+    Note:
+        SSIM's luminance term is not shift invariant: pass CT as HU + 1024 (non-negative), as
+        ``medgen evaluate translation`` does, or values near 0 HU are penalised for tiny offsets.
     """
     pred, ref, mask = _prepare(pred, ref, mask)
     rng = _data_range(ref, mask, data_range)
