@@ -1,0 +1,413 @@
+"""Batch preprocessing: many CT or MR volumes -> preprocessed NIfTI + records + a manifest.
+
+The algorithm, unrolled (one MLflow run per call)::
+
+    config  = load_preprocess_config(-c, --modality, --set)
+    cases   = inputs (files, folders, DICOM series folders, a CSV list) [+ paired label maps]
+    check OUT_DIR is writable                      # fail before hours of work, not after
+    for each case, in a process pool (--workers N, one case per worker in memory):
+        hash the input; skip it if the manifest has an ok row with the same input + config hash
+        read -> preprocess (recipe) -> write OUT_DIR/<case>.nii.gz, <case>_mask.nii.gz,
+              [<case>_label.nii.gz], then <case>.json (the record) -- each file atomically
+        a bad case becomes a 'failed' row with its error; the others carry on
+        rewrite OUT_DIR/manifest.csv atomically
+    log config, counts and the manifest (as a dataset input) to MLflow; exit 1 if any failed
+
+Resume after ``kill -9``: run the same command again. Completed cases are skipped (their row is
+``ok`` and the input and config hashes match), every file was written atomically so nothing
+half-written exists, and outputs of a case that was interrupted mid-way belong to a ``pending``
+row, so they are replaced without needing ``--overwrite``. Outputs that medgen did not record
+in this folder's manifest are never overwritten without ``--overwrite``.
+
+Scaling beyond one machine: split the inputs (e.g. one CSV per node) and run one command per
+node, each with its own OUT_DIR; the manifests can be concatenated.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medgen.data.inputs import CaseInput, collect_inputs
+from medgen.data.manifest import Manifest, content_hash
+from medgen.errors import InputError, MedgenError
+from medgen.io.volume import case_id_from_path
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.csv"
+#: Suffixes ignored when pairing an image with its label map by case id.
+PAIRING_SUFFIXES = ("_ct", "_mr", "_image", "_img", "_seg", "_segmentation", "_labels", "_label", "_mask")
+
+
+@dataclass
+class PreprocessSummary:
+    """What a batch run did."""
+
+    output_dir: Path
+    manifest_path: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    run_id: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def lines(self) -> list[str]:
+        head = (f"preprocessed {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)} "
+                f"in {self.seconds:.1f} s -> {self.manifest_path}")
+        return [head] + [f"FAILED {case}: {error}" for case, error in self.failed.items()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+def gather_cases(inputs: list[str | Path]) -> list[CaseInput]:
+    """Cases for INPUT arguments: files, folders, DICOM series folders or CSV case lists.
+
+    A CSV input lists cases to preprocess (columns ``source_path`` or ``path``, optional
+    ``case_id`` and ``label_path``; a manifest written by ``medgen preprocess`` also works and
+    re-reads its sources). When several file inputs share a file name (``case1/ct.nii.gz``,
+    ``case2/ct.nii.gz``), each case is named after its folder.
+
+    Raises:
+        InputError: no inputs, a missing path, an empty folder, an unreadable CSV.
+    """
+    if not inputs:
+        raise InputError("no INPUT given", fix="pass volume files, folders, DICOM series folders or a CSV")
+    cases: list[CaseInput] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and not any(not p.name.startswith(".") for p in path.iterdir()):
+            raise InputError("is an empty folder", path=path, fix="pass a folder holding volumes or a DICOM series")
+        if path.is_file() and path.suffix.lower() == ".csv":
+            cases += _cases_from_csv(path)
+        else:
+            cases += collect_inputs([path])
+    return _unique(_name_by_folder(cases))
+
+
+def _cases_from_csv(path: Path) -> list[CaseInput]:
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot be read as a CSV ({exc})", path=path, fix="pass a CSV with a source_path column") from exc
+    if rows and not ({"source_path", "path"} & set(rows[0])):
+        raise InputError("is a CSV without a 'source_path' (or 'path') column", path=path,
+                         fix="list one case per row with a source_path column (optional case_id, label_path)")
+    cases = []
+    for row in rows:
+        source = Path(row.get("source_path") or row.get("path") or "")
+        if not source.is_absolute():
+            source = path.parent / source
+        case_id = case_id_from_path(row.get("case_id") or source)
+        # a medgen manifest keeps the source label in label_source_path (label_path is its output)
+        label = row.get("label_source_path") if "label_source_path" in row else row.get("label_path")
+        if label and not Path(label).is_absolute():
+            label = str(path.parent / label)
+        cases.append(CaseInput(case_id, source, row={"label_path": label or None}))
+    return cases
+
+
+def _name_by_folder(cases: list[CaseInput]) -> list[CaseInput]:
+    """Files with the same name in different folders are named after their folder."""
+    names: dict[str, int] = {}
+    for case in cases:
+        if case.path.is_file():
+            names[case.path.name] = names.get(case.path.name, 0) + 1
+    out = []
+    for case in cases:
+        if case.path.is_file() and names.get(case.path.name, 0) > 1 and case.row is None:
+            case = CaseInput(case_id_from_path(case.path.parent), case.path, case.preprocessed, case.row)
+        out.append(case)
+    return out
+
+
+def _unique(cases: list[CaseInput]) -> list[CaseInput]:
+    seen: dict[str, int] = {}
+    out = []
+    for case in cases:
+        n = seen.get(case.case_id, 0) + 1
+        seen[case.case_id] = n
+        out.append(case if n == 1 else CaseInput(f"{case.case_id}_{n}", case.path, case.preprocessed, case.row))
+    return out
+
+
+def pairing_key(case_id: str) -> str:
+    """Case id without a trailing role suffix (``_ct``, ``_seg``, ``_labels``...), for pairing.
+
+    Examples:
+        >>> pairing_key("patient7_seg"), pairing_key("patient7_ct"), pairing_key("patient7")
+        ('patient7', 'patient7', 'patient7')
+    """
+    key = case_id
+    changed = True
+    while changed:
+        changed = False
+        for suffix in PAIRING_SUFFIXES:
+            if key.lower().endswith(suffix) and len(key) > len(suffix):
+                key, changed = key[: -len(suffix)], True
+    return key
+
+
+def pair_labels(cases: list[CaseInput], labels: list[str | Path]) -> dict[str, Path]:
+    """Label map path per image case id, matched by :func:`pairing_key`.
+
+    Raises:
+        InputError: a label map matches no image, or two label maps match one image.
+    """
+    by_key: dict[str, list[str]] = {}
+    for case in cases:
+        by_key.setdefault(pairing_key(case.case_id), []).append(case.case_id)
+    paired: dict[str, Path] = {}
+    for label in gather_cases(labels) if labels else []:
+        matches = by_key.get(pairing_key(label.case_id), [])
+        if len(matches) != 1:
+            raise InputError(f"label map '{label.case_id}' matches {len(matches)} image cases", path=label.path,
+                             fix="name label maps like their images (e.g. case7.nii.gz + case7_seg.nii.gz, or "
+                                 "case7/ct.nii.gz + case7/labels.nii.gz)")
+        if matches[0] in paired:
+            raise InputError(f"a second label map for case '{matches[0]}'", path=label.path,
+                             fix="pass one label map per image")
+        paired[matches[0]] = label.path
+    for case in cases:
+        if case.row and case.row.get("label_path") and case.case_id not in paired:
+            paired[case.case_id] = Path(case.row["label_path"])
+    return paired
+
+
+# ----------------------------------------------------------------------------------------------
+# One case (runs in a worker process)
+# ----------------------------------------------------------------------------------------------
+
+def output_names(case_id: str) -> dict[str, str]:
+    """File names of one case's outputs inside OUT_DIR (record last: it marks completion)."""
+    return {"output_path": f"{case_id}.nii.gz", "mask_path": f"{case_id}_mask.nii.gz",
+            "label_path": f"{case_id}_label.nii.gz", "record_path": f"{case_id}.json"}
+
+
+def process_case(task: dict) -> dict:
+    """Preprocess one case and write its outputs; return its manifest row (never raises for bad input).
+
+    ``task`` is plain data (picklable for a spawn process pool): case_id, path, label_path,
+    series_uid, config (dict), out_dir, overwrite, previous (the manifest row from an earlier
+    run, if any).
+    """
+    from medgen.io.atomic import check_output_path, write_text_atomic
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+    from medgen.transforms.recipes import PreprocessConfig, preprocess
+
+    start = time.perf_counter()
+    config = PreprocessConfig.model_validate(task["config"])
+    out_dir = Path(task["out_dir"])
+    names = output_names(task["case_id"])
+    previous = task.get("previous") or {}
+    row = {"case_id": task["case_id"], "source_path": task["path"], "label_source_path": task.get("label_path") or "",
+           "series_uid": task.get("series_uid") or "", "modality": config.modality, "config_hash": task["config_hash"]}
+    written: list[Path] = []
+    try:
+        row["content_hash"] = _case_hash(task)
+        if _is_done(previous, row, out_dir):
+            return {**previous, "_skipped": True}
+        # outputs recorded in this folder's manifest (any status) are ours to replace
+        overwrite = bool(task["overwrite"]) or bool(previous)
+        volume = read_volume(task["path"], series_uid=task.get("series_uid"))
+        row.update(original_shape=volume.shape, original_spacing=volume.spacing,
+                   original_orientation=volume.orientation, series_uid=volume.series_uid or row["series_uid"])
+        label = read_volume(task["label_path"], kind="label") if task.get("label_path") else None
+        result = preprocess(volume, config, label)
+        inputs = tuple(p for p in (task["path"], task.get("label_path")) if p)
+        targets = [(result.image, "output_path", config.output_dtype)]
+        if config.write_body_mask:
+            targets.append((result.body_mask, "mask_path", "uint8"))
+        if result.label is not None:
+            targets.append((result.label, "label_path", None))
+        for key in [t[1] for t in targets] + ["record_path"]:  # refuse before writing anything
+            check_output_path(out_dir / names[key], overwrite=overwrite, inputs=inputs)
+        for volume_out, key, dtype in targets:
+            written.append(write_volume(volume_out, out_dir / names[key], overwrite=True, inputs=inputs, dtype=dtype))
+        record = {**result.record, "case_id": task["case_id"], "content_hash": row["content_hash"],
+                  "outputs": {key: names[key] for key in [t[1] for t in targets] + ["record_path"]}}
+        written.append(write_text_atomic(out_dir / names["record_path"], json.dumps(record, indent=1)))
+        row.update(status="ok", error="", output_path=names["output_path"], record_path=names["record_path"],
+                   mask_path=names["mask_path"] if config.write_body_mask else "",
+                   label_path=names["label_path"] if result.label is not None else "",
+                   output_shape=result.image.shape, output_spacing=result.image.spacing)
+    except Exception as exc:  # a bad case is recorded and the batch carries on
+        message = exc.one_line() if isinstance(exc, MedgenError) else f"{task['path']}: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, MedgenError):
+            log.debug("unexpected error in case %s", task["case_id"], exc_info=True)
+        for path in written:
+            path.unlink(missing_ok=True)
+        if previous:  # stale outputs of an earlier run of this case must not look current
+            for name in names.values():
+                (out_dir / name).unlink(missing_ok=True)
+        row.update(status="failed", error=message, output_path="", record_path="", mask_path="", label_path="")
+    row["seconds"] = f"{time.perf_counter() - start:.2f}"
+    return row
+
+
+def _case_hash(task: dict) -> str:
+    parts = [content_hash(task["path"])]
+    if task.get("label_path"):
+        parts.append(content_hash(task["label_path"]))
+    if task.get("series_uid"):
+        parts.append(task["series_uid"])
+    if len(parts) == 1:
+        return parts[0]
+    import hashlib
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def _is_done(previous: dict, row: dict, out_dir: Path) -> bool:
+    if previous.get("status") != "ok":
+        return False
+    if previous.get("content_hash") != row["content_hash"] or previous.get("config_hash") != row["config_hash"]:
+        log.info("%s: input or config changed since the last run; preprocessing again", row["case_id"])
+        return False
+    needed = [previous.get(k) for k in ("output_path", "record_path", "mask_path", "label_path") if previous.get(k)]
+    return all((out_dir / name).is_file() for name in needed)
+
+
+def _init_worker(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("medgen").setLevel(level)
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch
+# ----------------------------------------------------------------------------------------------
+
+def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality: str | None = None,
+                   config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), workers: int = 1,
+                   overwrite: bool = False, series_uid: str | None = None, labels: list[str | Path] | None = None,
+                   mlflow: bool = True) -> PreprocessSummary:
+    """Preprocess every case of ``inputs`` into ``output_dir`` (see the module docstring).
+
+    Args:
+        inputs: files, folders, DICOM series folders or CSV case lists.
+        output_dir: where outputs and ``manifest.csv`` go (created; checked writable up front).
+        modality: ``"ct"`` or ``"mr"``; picks the shipped config when ``config`` is None.
+        config: config path or shipped name (``preprocess/ct``...).
+        overrides: ``key=value`` config overrides.
+        workers: parallel worker processes (1 = in this process).
+        overwrite: replace existing outputs not recorded in this folder's manifest.
+        series_uid: the series to read from DICOM folders holding several.
+        labels: label-map files/folders, paired with images by case id (:func:`pair_labels`).
+        mlflow: log one MLflow run.
+
+    Returns:
+        A :class:`PreprocessSummary` (``exit_code`` is 1 when any case failed).
+
+    Raises:
+        ConfigError, InputError, OutputError: problems found before any case is processed.
+    """
+    from medgen.config import config_hash
+    from medgen.io.atomic import ensure_writable_dir
+    from medgen.progress import progress
+    from medgen.tracking import start_run, write_run_info
+    from medgen.transforms.recipes import load_preprocess_config
+
+    start = time.perf_counter()
+    if modality is None and config is None:
+        raise InputError("the modality is not known", path="--modality", fix="pass --modality ct or --modality mr")
+    cfg = load_preprocess_config(config, modality, overrides)
+    cases = gather_cases(inputs)
+    label_paths = pair_labels(cases, labels or [])
+    if not cases:
+        raise InputError("no volumes found in the inputs", path=", ".join(str(i) for i in inputs),
+                         fix="pass volume files, folders of volumes or DICOM series folders")
+    out_dir = ensure_writable_dir(output_dir, min_free_bytes=64 * 2**20)
+    _check_not_inside_inputs(out_dir, cases)
+    manifest = Manifest(out_dir / MANIFEST_NAME)
+    summary = PreprocessSummary(out_dir, manifest.path)
+    chash = config_hash(cfg)
+
+    tasks = []
+    for case in cases:
+        previous = manifest.get(case.case_id)
+        label = label_paths.get(case.case_id)
+        tasks.append({"case_id": case.case_id, "path": str(case.path.resolve()),
+                      "label_path": str(Path(label).resolve()) if label else None, "series_uid": series_uid,
+                      "config": cfg.model_dump(mode="json"), "config_hash": chash, "out_dir": str(out_dir),
+                      "overwrite": overwrite, "previous": previous})
+        if previous is None:  # mark the case as ours before any output of it exists (resume after kill -9)
+            manifest.update({"case_id": case.case_id, "status": "pending", "source_path": str(case.path.resolve()),
+                             "modality": cfg.modality, "config_hash": chash})
+    manifest.save()
+
+    with start_run("preprocess", output_dir=out_dir, enabled=mlflow) as tracker:
+        tracker.log_config(cfg)
+        tracker.log_params({"inputs": " ".join(str(i) for i in inputs), "workers": workers, "n_cases": len(cases)})
+        bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
+        try:
+            for row in _run_tasks(tasks, workers):
+                skipped = bool(row.pop("_skipped", False))
+                manifest.update(row)
+                manifest.save()
+                if row["status"] == "ok":
+                    (summary.skipped if skipped else summary.done).append(row["case_id"])
+                    log.debug("%s: %s", row["case_id"], "skipped (already done)" if skipped else "ok")
+                else:
+                    summary.failed[row["case_id"]] = row["error"]
+                    log.warning("case %s failed: %s", row["case_id"], row["error"])
+                bar.update(1)
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - start
+        if summary.skipped:
+            log.info("skipped %d case(s) already preprocessed with this config", len(summary.skipped))
+        tracker.log_metrics({"cases_done": len(summary.done), "cases_skipped": len(summary.skipped),
+                             "cases_failed": len(summary.failed), "seconds": summary.seconds,
+                             "cases_per_second": len(summary.done) / max(summary.seconds, 1e-9)})
+        tracker.log_manifest(manifest.path, name=f"preprocess-{cfg.modality}", context="preprocessing")
+        write_run_info(out_dir, tracker)
+        summary.run_id = tracker.run_id
+    return summary
+
+
+def _run_tasks(tasks: list[dict], workers: int):
+    """Yield result rows as cases finish: in this process, or in a spawn process pool."""
+    workers = max(1, min(int(workers), len(tasks)))
+    if workers == 1:
+        for task in tasks:
+            yield process_case(task)
+        return
+    level = logging.getLogger("medgen").getEffectiveLevel()
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                initargs=(level,)) as pool:
+        futures = {pool.submit(process_case, task): task for task in tasks}
+        try:
+            for future in cf.as_completed(futures):
+                task = futures[future]
+                try:
+                    yield future.result()
+                except Exception as exc:  # e.g. a worker killed by the OOM killer
+                    yield {"case_id": task["case_id"], "status": "failed", "source_path": task["path"],
+                           "error": f"{task['path']}: worker process failed ({type(exc).__name__}: {exc})",
+                           "config_hash": task["config_hash"]}
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _check_not_inside_inputs(out_dir: Path, cases: list[CaseInput]) -> None:
+    """Refuse an output folder that is a DICOM input folder (outputs would mix with the series)."""
+    resolved = out_dir.resolve()
+    for case in cases:
+        if case.path.is_dir() and case.path.resolve() == resolved:
+            from medgen.errors import OutputError
+            raise OutputError("is an input DICOM folder", path=out_dir, fix="choose a separate output folder")
