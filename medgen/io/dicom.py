@@ -128,6 +128,9 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     else:
         chosen = series
     info = chosen[0]
+    meta = {"modality": info.modality, "description": info.description, "files": list(info.files)}
+    if len(info.files) == 1 and _number_of_frames(info.files[0]) > 1:
+        return read_multiframe(info.files[0], source=str(folder), series_uid=info.uid or None, meta=meta)
     _check_slice_positions(info.files, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
@@ -136,7 +139,47 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     except RuntimeError as exc:
         raise InputError(f"the DICOM series cannot be decoded ({str(exc).strip().splitlines()[-1]})",
                          path=folder, fix="check the files are complete, uncompressed or in a supported transfer syntax") from exc
-    volume = volume_from_sitk(image, source=str(folder), series_uid=info.uid or None,
-                              meta={"modality": info.modality, "description": info.description,
-                                    "files": list(info.files)})
-    return volume
+    return volume_from_sitk(image, source=str(folder), series_uid=info.uid or None, meta=meta)
+
+
+def _number_of_frames(path: str) -> int:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable header: let the series reader report it
+        return 1
+
+
+def volume_from_highdicom(hd_volume, **fields) -> Volume:
+    """A :class:`Volume` from a ``highdicom.Volume`` (axes (slice, row, column), LPS affine)."""
+    affine = np.asarray(hd_volume.affine, np.float64)
+    ras = np.eye(4)
+    ras[:3, :] = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :]
+    ras[:3, :3] = ras[:3, [2, 1, 0]]  # medgen's axes are (column, row, slice)
+    array = np.asarray(hd_volume.array)
+    return Volume(np.ascontiguousarray(array.transpose(2, 1, 0)), ras, **fields)
+
+
+def read_multiframe(path: str | Path, **fields) -> Volume:
+    """Read a multi-frame (enhanced) DICOM image whose frames form one regular 3D grid.
+
+    Frames are placed by their per-frame plane positions (highdicom), never by frame order;
+    Rescale Slope/Intercept are applied as for single-frame series.
+
+    Raises:
+        InputError: the file cannot be decoded or its frames are not one regular 3D volume
+            (several time points, echoes or b-values, or uneven spacing).
+    """
+    import highdicom as hd
+
+    try:
+        image = hd.imread(str(path))
+        hd_volume = image.get_volume(dtype=np.float32, apply_real_world_transform=False)
+    except (ValueError, RuntimeError, KeyError, AttributeError, NotImplementedError) as exc:
+        raise InputError(f"the multi-frame DICOM's frames do not form one regular 3D volume ({str(exc)[:200]})",
+                         path=path, fix="split it into single 3D volumes (one time point/echo/b-value) and "
+                         "pass one, or export as a single-frame series") from exc
+    fields.setdefault("source", str(path))
+    meta = dict(fields.pop("meta", {}) or {})
+    meta["multiframe"] = True
+    return volume_from_highdicom(hd_volume, meta=meta, **fields)

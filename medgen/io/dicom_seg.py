@@ -26,13 +26,13 @@ from pydicom.uid import generate_uid
 
 from medgen.errors import InputError, OutputError
 from medgen.io.atomic import atomic_path, check_output_path
+from medgen.io.dicom import volume_from_highdicom
 from medgen.io.geometry import resample_like
 from medgen.io.readers import read_volume
 from medgen.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _ID_PATTERN = re.compile(r"medgen label id (\d+)")
 _POSITION_TOL_MM = 0.01
 
@@ -278,17 +278,12 @@ def read_dicom_seg(path: str | Path, reference_series_folder: str | Path | None 
 
 
 def _volume_from_seg(seg, combined, lut: np.ndarray, path: Path) -> Volume:
-    """The SEG on its own regular grid (highdicom's volume: axes (slices, rows, columns), LPS affine)."""
+    """The SEG on its own regular grid (from its plane positions)."""
     try:
         hd_volume = combined(seg.get_volume)
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"its frames do not form a regular 3D grid ({exc})", path=path,
                          fix="pass the reference DICOM series so frames can be matched by instance") from exc
-    array = np.asarray(hd_volume.array)
-    affine = np.asarray(hd_volume.affine, np.float64)
-    affine_ras = np.eye(4)
-    affine_ras[:3, :] = LPS_TO_RAS @ affine[:3, :]
-    # highdicom axes are (slice, row, column); medgen's are (column, row, slice).
-    affine_ras[:3, :3] = affine_ras[:3, [2, 1, 0]]
-    return Volume(np.ascontiguousarray(lut[array.transpose(2, 1, 0)]), affine_ras, source=str(path))
+    volume = volume_from_highdicom(hd_volume, source=str(path))
+    return volume.with_array(np.ascontiguousarray(lut[volume.array]))
 

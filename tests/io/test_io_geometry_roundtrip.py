@@ -191,3 +191,36 @@ def test_resampling_outside_the_field_of_view_uses_cval():
     assert out.array[:, 0, 0].tolist() == [7.0, 7.0, -1.0, -1.0]
     out0 = resample_to_grid(Volume(np.ones((4, 4, 4), np.uint8), np.eye(4)), shifted, (4, 4, 4), order=0)
     assert out0.array[:, 0, 0].tolist() == [1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("orientation,negate", [("oblique", True), ("coronal", False)])
+def test_multiframe_dicom_is_placed_by_frame_positions(tmp_path, orientation, negate):
+    import highdicom as hd
+
+    image, _ = asymmetric_phantom(orientation, negate_slices=negate)
+    series = write_dicom_series(image, tmp_path / "series", instance_order="shuffled")
+    datasets = [pydicom.dcmread(p) for p in sorted(series.glob("*.dcm"))]  # InstanceNumber order, not position
+    multi = hd.legacy.LegacyConvertedEnhancedCTImage(datasets, hd.UID(), 2, hd.UID(), 1)
+    (tmp_path / "mf").mkdir()
+    multi.save_as(tmp_path / "mf" / "enhanced.dcm")
+    back = read_volume(tmp_path / "mf")
+    assert back.meta["multiframe"] and back.meta["modality"] == "CT"
+    assert sorted(back.shape) == sorted(image.shape)
+    np.testing.assert_array_equal(resample_like(back, image, order=0).array, image.array)
+
+
+def test_nifti_with_only_a_qform_or_conflicting_forms(tmp_path):
+    import nibabel as nib
+
+    image, _ = asymmetric_phantom("oblique")
+    qform_only = nib.Nifti1Image(image.array, None)
+    qform_only.set_qform(image.affine, code=1)
+    qform_only.set_sform(None, code=0)
+    nib.save(qform_only, str(tmp_path / "q.nii.gz"))
+    np.testing.assert_allclose(read_volume(tmp_path / "q.nii.gz").affine, image.affine, atol=1e-4)
+    # sform wins over a different qform (NIfTI rule, as in ITK for scanner-space sforms)
+    both = nib.Nifti1Image(image.array, None)
+    both.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    both.set_sform(image.affine, code=2)
+    nib.save(both, str(tmp_path / "qs.nii.gz"))
+    np.testing.assert_allclose(read_volume(tmp_path / "qs.nii.gz").affine, image.affine, atol=1e-4)
