@@ -1,0 +1,99 @@
+"""Pipeline: train an anatomy generator (label map -> CT or MR) and export it (one MLflow run).
+
+Read image/label pairs -> RAS, training spacing, label on the image grid -> label channels and
+intensity scale (CT window or MR robust maximum) -> conditional-GAN training with the shared loop
+(checkpoints, resume, metrics, sample grids ``label | generated | real``) -> export
+``RUN_DIR/bundle`` (kind ``generator``, with the training label maps in ``bundle/label_bank/``)
+-> register it in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from medgen.errors import InputError
+from medgen.training.generator import GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+
+def read_label_names(ref: str | Path | dict | None) -> dict[int, str]:
+    """``{id: name}`` from a dict or a JSON file (``FILE#KEY`` picks one entry of a class map)."""
+    if ref is None:
+        return {}
+    if isinstance(ref, dict):
+        return {int(k): str(v) for k, v in ref.items()}
+    try:
+        from medgen.training.segmenter import read_label_names as shared_reader
+    except ImportError:  # pragma: no cover - the segmenter's reader is the shared format
+        shared_reader = None
+    if shared_reader is not None:
+        return shared_reader(ref)
+    try:
+        return {int(k): str(v) for k, v in json.loads(Path(ref).read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"cannot be read as a label-name JSON ({exc})", path=ref,
+                         fix='write {"1": "liver", "2": "spleen", ...}') from exc
+
+
+def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels: list[str | Path],
+                    output: str | Path, label_names: str | Path | dict | None = None, max_steps: int | None = None,
+                    resume: bool = False, device: str = "auto", mlflow: bool = True) -> Path:
+    """Train and export an anatomy generator; returns the bundle folder.
+
+    Args:
+        config: the resolved :class:`~medgen.training.generator.GeneratorConfig`.
+        images, labels: paired images (CT in HU or MR) and label maps (files, folders, manifests),
+            paired by case id, else by position.
+        output: run folder (checkpoints, metrics.jsonl, samples/, bundle/, MLflow store by default).
+        label_names: id -> name (dict or JSON file); default ``label_<id>``.
+        max_steps: override ``train.steps``.
+        resume: continue from the newest checkpoint in ``output``.
+    """
+    from medgen.data.label_image_pairs import load_pairs, pair_inputs
+    from medgen.runtime import resolve_device, seed_everything
+    from medgen.tracking import start_run, write_run_info
+    from medgen.training import distributed
+    from medgen.training.generator import GeneratorTask, check_config
+    from medgen.training.loop import LoopSettings, run_training
+
+    check_config(config)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    distributed.init_distributed(dev)
+    if max_steps is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
+    seed_everything(config.train.seed + distributed.rank())
+    names = read_label_names(label_names)
+    triples = pair_inputs(images, labels)
+    pairs = load_pairs(images, labels, spacing=config.data.spacing)
+    for pair in pairs:
+        log.info("case %s: grid %s spacing %s", pair.case_id, pair.image.shape,
+                 tuple(round(s, 2) for s in pair.image.spacing))
+    task = GeneratorTask(config, pairs, run_dir=output, label_names=names, device=dev)
+    settings = LoopSettings(max_steps=config.train.steps, checkpoint_every=config.train.checkpoint_every,
+                            validate_every=config.train.validate_every, log_every=config.train.log_every)
+    manifest = output / "training_cases.csv"
+    if distributed.is_main_process():
+        rows = ["case_id,image,label"] + [f"{c},{i},{lab}" for c, i, lab in triples]
+        manifest.write_text("\n".join(rows) + "\n")
+    bundle_dir = output / "bundle"
+    with start_run("train_generator", output_dir=output, enabled=mlflow) as tracker:
+        task.tracker = tracker
+        tracker.log_config(config)
+        tracker.log_manifest(manifest, name="generator-training")
+        tracker.log_params({"n_cases": len(pairs), "n_labels": len(task.channels),
+                            "label_names": json.dumps(task.label_names)[:480]})
+        last = run_training(task, output, settings, tracker=tracker, resume=resume)
+        if distributed.is_main_process():
+            task.export(bundle_dir)
+            uri = tracker.log_bundle(bundle_dir, config.export.registered_name)
+            if uri:
+                log.info("registered %s", uri)
+            tracker.log_metrics({f"final/{k}": v for k, v in last.items()})
+            write_run_info(output, tracker)
+    distributed.barrier()
+    return bundle_dir
