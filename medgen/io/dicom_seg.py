@@ -94,6 +94,15 @@ def _label_on_series(label: Volume, series: Volume) -> np.ndarray:
     if not aligned:
         log.warning("label map %s is not on the voxel grid of series %s; resampling it by nearest neighbour",
                     label.name, series.name)
+    array = np.asarray(label.array)
+    if array.dtype.kind not in "iub":
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputError("is not an integer label map (non-integer or NaN values)", path=label.name,
+                             fix="pass a label map (whole-number ids), not a probability map or image")
+        array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise InputError("is a label map with negative ids", path=label.name, fix="label ids must be >= 0")
+    label = label.with_array(array.astype(np.uint8) if array.dtype == np.bool_ else array)
     mapped = resample_like(label, series, order=0, cval=0)
     if np.any(label.array) and not np.any(mapped.array):
         raise InputError("the label map does not overlap the DICOM series in world coordinates", path=label.name,

@@ -72,7 +72,10 @@ def test_seg_writer_refuses_bad_requests(tmp_path):
     far[:3, 3] += 500.0
     with pytest.raises(InputError, match="does not overlap"):
         write_dicom_seg(Volume(label.array, far), series_folder, tmp_path / "b.dcm", NAMES)
-    path = write_dicom_seg(label, series_folder, tmp_path / "c.dcm", NAMES)
+    with pytest.raises(InputError, match="not an integer label map"):
+        write_dicom_seg(label.with_array(label.array * 0.5), series_folder, tmp_path / "d.dcm", NAMES)
+    path = write_dicom_seg(label.with_array(label.array.astype(np.float32)), series_folder, tmp_path / "c.dcm", NAMES)
+    assert read_dicom_seg(path, series_folder)[1] == NAMES
     with pytest.raises(OutputError, match="already exists"):
         write_dicom_seg(label, series_folder, path, NAMES)
     with pytest.raises(OutputError, match="input"):
