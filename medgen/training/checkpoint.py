@@ -1,9 +1,12 @@
 """Atomic, verified checkpoints.
 
 A checkpoint is written to a temporary file and renamed, then listed in ``latest.json`` with its
-SHA-256. On resume the newest checkpoint whose hash matches and which loads with
-``torch.load(weights_only=True)`` is used; a corrupt or partial file (e.g. after ``kill -9`` or a
-full disk) is skipped with a warning, so a run never resumes from garbage.
+SHA-256; only after the index names the new file are older checkpoints deleted, so a ``kill -9``
+at any moment leaves at least one listed, complete checkpoint. On resume the newest checkpoint
+whose hash matches and which loads with ``torch.load(weights_only=True)`` is used; a corrupt or
+partial file (e.g. after ``kill -9`` or a full disk) is skipped with a warning, so a run never
+resumes from garbage. Should the index itself be lost, the ``step_*.pt`` files are tried newest
+first (verified by loading). Temporary files left by a killed writer are removed on the next save.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def save_checkpoint(state: dict, folder: str | Path, step: int, keep: int = 2) -
     """Save ``state`` as ``folder/step_<step>.pt`` atomically and record it in the index."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".step_*.tmp*"):  # torn writes of a killed run (one writer: rank 0)
+        leftover.unlink(missing_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -39,9 +44,9 @@ def save_checkpoint(state: dict, folder: str | Path, step: int, keep: int = 2) -
     index = _read_index(folder)
     index = [e for e in index if e["file"] != path.name] + [{"file": path.name, "step": step, "sha256": _sha256(data)}]
     index.sort(key=lambda e: e["step"])
-    for stale in index[:-keep]:
-        (folder / stale["file"]).unlink(missing_ok=True)
     write_text_atomic(folder / INDEX, json.dumps(index[-keep:], indent=1))
+    for stale in index[:-keep]:  # only once the index no longer lists them
+        (folder / stale["file"]).unlink(missing_ok=True)
     return path
 
 
@@ -71,9 +76,15 @@ def load_checkpoint_file(path: str | Path, sha256: str | None = None, map_locati
 def load_latest_checkpoint(folder: str | Path, map_location="cpu") -> dict | None:
     """The newest valid checkpoint in ``folder``, or None if there is none."""
     folder = Path(folder)
-    for entry in reversed(_read_index(folder)):
+    entries = _read_index(folder)
+    if not entries and folder.is_dir():
+        # no (readable) index: try the checkpoint files themselves, newest first, verified by loading
+        entries = [{"file": p.name, "sha256": None} for p in sorted(folder.glob("step_*.pt"))]
+        if entries:
+            log.warning("%s: no readable %s; trying the checkpoint files themselves", folder, INDEX)
+    for entry in reversed(entries):
         try:
-            return load_checkpoint_file(folder / entry["file"], entry["sha256"], map_location)
+            return load_checkpoint_file(folder / entry["file"], entry.get("sha256"), map_location)
         except ModelError as exc:
             log.warning("skipping checkpoint: %s", exc.one_line())
     return None

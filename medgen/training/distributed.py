@@ -8,6 +8,7 @@ otherwise everything degrades to plain single-process training.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,13 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not dist.is_initialized() or not any(p.requires_grad for p in module.parameters()):
         return module
     device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    # broadcast_buffers=False: GAN discriminators run several forwards per step, and re-broadcasting
+    # buffers between them breaks autograd; medgen's networks use instance/group norm (no running
+    # buffers), so nothing diverges. (torch >= 2.13 deprecates the flag in favour of
+    # forward_sync_buffers, which still syncs at init; keep the old one until both versions agree.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -64,6 +71,15 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (rank-local state for checkpoints)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_mean(value: float) -> float:

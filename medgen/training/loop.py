@@ -7,17 +7,30 @@ log and scale the same way:
 * resume restores the task state, the step counter and every RNG from the newest *valid*
   checkpoint (see :mod:`medgen.training.checkpoint`);
 * rank 0 alone writes checkpoints, ``metrics.jsonl`` and MLflow metrics (DDP-safe);
-* metrics are averaged over ``log_every`` steps and over ranks before they are logged.
+* metrics are averaged over ``log_every`` steps and over ranks before they are logged;
+* under DDP every rank's *rank-local* state (its data samplers, image pools and global RNGs, which
+  must differ between ranks so that each rank draws different samples) is gathered into rank 0's
+  checkpoint and handed back to the same rank on resume. A task names those entries of its
+  ``state_dict()`` in an optional ``rank_local_state_keys`` attribute; everything else (weights,
+  optimisers, schedulers) is identical on all ranks and saved once.
+
+Debugging aid: with the environment variable ``MEDGEN_DEBUG_PARAM_DUMP=FOLDER`` every rank writes
+``FOLDER/rank_<r>.pt`` (the task's flattened state at the last step) when training ends, so a test
+or a suspicious user can check that all replicas hold the same weights.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import torch
 
 from medgen.errors import OutputError
 from medgen.progress import progress
@@ -77,13 +90,18 @@ def run_training(task: TrainingTask, run_dir: str | Path, settings: LoopSettings
         chosen = distributed.broadcast_object(None if state is None else state["step"])
         if chosen is not None:
             state = state if state is not None else load_latest_checkpoint(ckpt_dir)
-            task.load_state_dict(state["task"])
-            if distributed.is_main_process():
-                set_rng_state(state["rng"])
+            if state is None or int(state["step"]) != int(chosen):
+                raise OutputError(f"rank {distributed.rank()} cannot read the checkpoint of step {chosen} that rank 0 "
+                                  "resumes from", path=ckpt_dir,
+                                  fix="put the run folder on a file system shared by all nodes")
+            _restore(task, state)
             start_step = int(state["step"])
             log.info("resumed from step %d", start_step)
         else:
             log.info("no checkpoint in %s; starting from scratch", ckpt_dir)
+            _decorrelate_rank_rngs()
+    else:
+        _decorrelate_rank_rngs()
     history_path = run_dir / "metrics.jsonl"
     if distributed.is_main_process():
         _trim_history(history_path, start_step)
@@ -106,11 +124,86 @@ def run_training(task: TrainingTask, run_dir: str | Path, settings: LoopSettings
             last_val = task.validate(step)
             _record(history_path, step, "val", last_val, tracker)
         if step % settings.checkpoint_every == 0 or is_last:
-            if distributed.is_main_process():
-                save_checkpoint({"task": task.state_dict(), "step": step, "rng": rng_state()}, ckpt_dir, step)
-            distributed.barrier()
+            _checkpoint(task, ckpt_dir, step)
     bar.close()
+    _debug_param_dump(task, settings.max_steps)
     return last_val
+
+
+def _rank_local_keys(task) -> tuple[str, ...]:
+    return tuple(getattr(task, "rank_local_state_keys", ()) or ())
+
+
+def _checkpoint(task: TrainingTask, ckpt_dir: Path, step: int) -> None:
+    """Rank 0 saves the task state plus every rank's RNGs and rank-local task entries."""
+    keys = _rank_local_keys(task)
+    full = task.state_dict() if (keys or distributed.is_main_process()) else None
+    mine = {"rng": rng_state(), "task": {k: full[k] for k in keys}}
+    ranks = distributed.gather_object(mine) if distributed.world_size() > 1 else [mine]
+    if distributed.is_main_process():
+        save_checkpoint({"task": full, "step": step, "rng": mine["rng"], "ranks": ranks}, ckpt_dir, step)
+    distributed.barrier()
+
+
+def _restore(task: TrainingTask, state: dict) -> None:
+    """Load ``state`` into ``task``; this rank takes back its own RNGs and rank-local entries.
+
+    A rank the saved run did not have (resumed with more processes) keeps its freshly seeded
+    rank-local entries, so it still draws samples no other rank draws.
+    """
+    me = distributed.rank()
+    saved = state.get("ranks") or [{"rng": state["rng"], "task": {}}]
+    task_state = dict(state["task"])
+    keys = _rank_local_keys(task)
+    if len(saved) != distributed.world_size():
+        log.warning("resuming a %d-process run with %d processes: the data order differs from an uninterrupted run",
+                    len(saved), distributed.world_size())
+    if me < len(saved):
+        task_state.update({k: v for k, v in saved[me]["task"].items() if k in keys})
+        task.load_state_dict(task_state)
+        set_rng_state(saved[me]["rng"])
+    else:
+        own = task.state_dict()
+        task_state.update({k: own[k] for k in keys})
+        task.load_state_dict(task_state)
+        _decorrelate_rank_rngs()
+
+
+def _decorrelate_rank_rngs() -> None:
+    """Give ranks > 0 their own global RNG streams (dropout, noise) derived from the job's seed.
+
+    Trainers seed every rank alike so that the replicas start from the same weights (DDP also
+    broadcasts rank 0's); after that, identical global streams would make every rank draw the
+    same noise.
+    """
+    if distributed.rank() > 0:
+        from medgen.runtime import seed_everything
+        seed_everything(int(torch.initial_seed()) % 2**31 + 7919 * distributed.rank())
+
+
+def _debug_param_dump(task: TrainingTask, step: int) -> None:
+    """``MEDGEN_DEBUG_PARAM_DUMP=FOLDER``: each rank saves its flattened task state (tensors only)."""
+    folder = os.environ.get("MEDGEN_DEBUG_PARAM_DUMP")
+    if not folder:
+        return
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value.detach().cpu().clone()
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+
+    walk("", task.state_dict())
+    from medgen.io.atomic import write_bytes_atomic
+    buffer = io.BytesIO()
+    torch.save({"step": step, "rank": distributed.rank(), "world_size": distributed.world_size(), "state": flat},
+               buffer)
+    write_bytes_atomic(Path(folder) / f"rank_{distributed.rank()}.pt", buffer.getvalue())
 
 
 def _record(history_path: Path, step: int, phase: str, metrics: dict[str, float], tracker) -> None:
