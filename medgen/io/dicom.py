@@ -134,6 +134,9 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     _check_slice_positions(info.files, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
+    # Decode every slice to float with its own Rescale Slope/Intercept. Left to itself, ITK picks the
+    # voxel type from the first slice only, truncating slices whose slope differs (PET, some MR).
+    reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError as exc:

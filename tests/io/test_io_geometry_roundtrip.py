@@ -224,3 +224,16 @@ def test_nifti_with_only_a_qform_or_conflicting_forms(tmp_path):
     both.set_sform(image.affine, code=2)
     nib.save(both, str(tmp_path / "qs.nii.gz"))
     np.testing.assert_allclose(read_volume(tmp_path / "qs.nii.gz").affine, image.affine, atol=1e-4)
+
+
+def test_dicom_slices_with_different_rescale_are_decoded_each_with_its_own(tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 3.0, (8, 9, 5)).astype(np.float32)
+    folder = write_dicom_series(Volume(values, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "s")
+    first = pydicom.dcmread(folder / "IM00001.dcm")  # slice 0: whole numbers, slope 1 (the rest: fractional slope)
+    first.RescaleSlope, first.RescaleIntercept = "1", "0"
+    first.PixelData = np.round(values[:, :, 0].T).astype("<i2").tobytes()
+    first.save_as(folder / "IM00001.dcm")
+    back = read_volume(folder)
+    np.testing.assert_array_equal(back.array[:, :, 0], np.round(values[:, :, 0]))
+    assert np.abs(back.array[:, :, 1:] - values[:, :, 1:]).max() < 1e-3
