@@ -265,8 +265,9 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
     segmenter = load_segmenter_for_shape(config.loss.shape_segmenter, config) if config.loss.shape_segmenter else None
     with start_run("train_translator", output_dir=run_dir) if mlflow else _no_run() as tracker:
         tracker.log_config(config)
-        inputs_csv = _write_inputs_csv(run_dir / "inputs.csv", {"mr": mr, "ct": ct})
-        tracker.log_manifest(inputs_csv, "translator-inputs")
+        if distributed.is_main_process():  # one writer under torchrun
+            inputs_csv = _write_inputs_csv(run_dir / "inputs.csv", {"mr": mr, "ct": ct})
+            tracker.log_manifest(inputs_csv, "translator-inputs")
         seed_everything(config.seed)
         task = TranslatorTask(config, [v.image for v in mr], [v.image for v in ct], mr_masks=[v.mask for v in mr],
                               ct_masks=[v.mask for v in ct], device=dev, precision=dtype, paired=paired,

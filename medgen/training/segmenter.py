@@ -381,6 +381,9 @@ def augment_scale(img: torch.Tensor, lab: torch.Tensor, cfg: AugmentConfig, gen:
 class SegmenterTask:
     """A :class:`medgen.training.loop.TrainingTask` for 3D patch segmentation with Dice + CE."""
 
+    #: state entries that differ between DDP ranks (saved per rank by the shared loop)
+    rank_local_state_keys = ("gen",)
+
     def __init__(self, config: SegmenterConfig, train_cases: list[PreparedCase], val_cases: list[PreparedCase],
                  label_names: dict[int, str], *, device: torch.device, seed: int):
         from monai.losses import DiceCELoss

@@ -233,6 +233,9 @@ class TranslatorTask:
         run_dir: where sample grids are written (``samples/``); tracker: MLflow tracker or None.
     """
 
+    #: state entries that differ between DDP ranks (saved per rank by the shared loop)
+    rank_local_state_keys = ("mr_sampler", "ct_sampler", "pools")
+
     def __init__(self, config: TranslatorConfig, mr_volumes: list[np.ndarray], ct_volumes: list[np.ndarray], *,
                  mr_masks: list[np.ndarray] | None = None, ct_masks: list[np.ndarray] | None = None,
                  device: torch.device | str = "cpu", precision: torch.dtype = torch.float32,
