@@ -74,21 +74,32 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
 
 
 def _check_slice_positions(files: tuple[str, ...], folder: Path) -> None:
-    """Raise when slices are missing or unevenly spaced along the slice normal."""
+    """Raise when slices are missing, unevenly spaced, differently oriented or sheared (gantry tilt).
+
+    A 3D grid needs every slice in one plane orientation, stacked straight along the plane normal
+    at a constant step; anything else would be silently distorted by a 3D reader.
+    """
     if len(files) < 2:
         raise InputError(f"the series has {len(files)} slice; a 3D volume needs several", path=folder,
                          fix="check that the whole series was exported")
-    positions, normal = [], None
+    points, orientation = [], None
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["ImagePositionPatient",
                                                                          "ImageOrientationPatient"])
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             return  # not enough geometry to check; SimpleITK falls back to its own handling
-        if normal is None:
-            row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
-            normal = np.cross(row, col)
-        positions.append(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
-    gaps = np.diff(np.sort(positions))
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        if orientation is None:
+            orientation = iop
+        elif np.abs(iop - orientation).max() > 1e-3:
+            raise InputError("the series mixes slices of different orientations (e.g. a localizer)", path=folder,
+                             fix="remove the odd slices or export the 3D series on its own")
+        points.append(np.asarray(ds.ImagePositionPatient, float))
+    normal = np.cross(orientation[:3], orientation[3:])
+    points = np.asarray(points)
+    positions = points @ normal
+    order = np.argsort(positions)
+    gaps = np.diff(positions[order])
     if np.any(gaps < 1e-3):
         raise InputError("the series has several slices at the same position", path=folder,
                          fix="the folder mixes acquisitions; export one series per folder or pick it with --series-uid")
@@ -100,6 +111,13 @@ def _check_slice_positions(files: tuple[str, ...], folder: Path) -> None:
         raise InputError(f"{kind}: slice gaps range {gaps.min():.3g}..{gaps.max():.3g} mm "
                          f"(typical {median:.3g} mm)", path=folder,
                          fix="re-export the complete series, or resample it to a regular grid first")
+    steps = np.diff(points[order], axis=0)
+    sideways = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
+    if sideways.max() > max(0.01 * median, 1e-3):
+        raise InputError(f"slices shift {sideways.max():.3g} mm sideways per step (gantry tilt or sheared "
+                         "acquisition): the grid is not rectangular", path=folder,
+                         fix="resample the series to a rectangular grid first (e.g. with your scanner software "
+                         "or dcm2niix, which corrects gantry tilt)")
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:

@@ -258,3 +258,31 @@ def test_writer_stores_awkward_dtypes(tmp_path):
     for vol, name in ((mask, "mask.nii.gz"), (ids, "ids.nii.gz"), (mask, "mask.nrrd")):
         back = read_volume(write_volume(vol, tmp_path / name), kind="label")
         np.testing.assert_array_equal(back.array, vol.array.astype(np.int64))
+
+
+def _edit_slices(folder, edit):
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path)
+
+
+def test_dicom_series_with_gantry_tilt_or_mixed_orientations(tmp_path):
+    image, _ = asymmetric_phantom("axial_lps", shape=(8, 9, 6))
+    tilted = write_dicom_series(image, tmp_path / "tilted")
+
+    def tilt(ds):  # each slice 0.5 mm further posterior: a sheared stack
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.25 * (z + 101.0), z]
+
+    _edit_slices(tilted, tilt)
+    with pytest.raises(InputError) as info:
+        read_volume(tilted)
+    _assert_clear(info, tilted, "gantry tilt")
+    mixed = write_dicom_series(image, tmp_path / "mixed")
+    odd = pydicom.dcmread(mixed / "IM00003.dcm")
+    odd.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    odd.save_as(mixed / "IM00003.dcm")
+    with pytest.raises(InputError) as info:
+        read_volume(mixed)
+    _assert_clear(info, mixed, "different orientations")
