@@ -220,8 +220,8 @@ def read_dicom_seg(path: str | Path, reference_series_folder: str | Path | None 
         series_uid: the reference series when its folder holds several.
 
     Returns:
-        (label map, {label id: segment label}). Overlapping segments: the higher segment wins
-        (with a warning).
+        (label map, {label id: segment label}). Where segments overlap (possible in foreign SEGs)
+        only one id can be kept per voxel: a warning says so.
 
     Raises:
         InputError: the file is not a readable DICOM SEG or does not fit the reference series.
@@ -249,7 +249,7 @@ def read_dicom_seg(path: str | Path, reference_series_folder: str | Path | None 
         except (ValueError, RuntimeError) as exc:
             if "overlap" not in str(exc).lower():
                 raise
-            log.warning("%s: segments overlap; the higher segment number wins where they do", path)
+            log.warning("%s: segments overlap; a label map keeps one segment per voxel there", path)
             return getter(combine_segments=True, relabel=False, skip_overlap_checks=True, **kwargs)
 
     if reference_series_folder is None:
