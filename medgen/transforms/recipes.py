@@ -110,6 +110,7 @@ class PreprocessConfig(StrictModel):
     modality: Literal["ct", "mr"]
     orientation: str = "RAS"
     spacing: tuple[float, float, float] | None = (2.0, 2.0, 3.0)
+    antialias: bool = True
     crop: CropConfig = Field(default_factory=CropConfig)
     mask: MaskConfig = Field(default_factory=MaskConfig)
     ct: CTConfig = Field(default_factory=CTConfig)
@@ -188,7 +189,7 @@ def build_recipe(config: PreprocessConfig):
     m = config.mask
     steps = [
         Reorientd(axcodes=config.orientation),
-        ResampleToSpacingd(spacing=config.spacing),
+        ResampleToSpacingd(spacing=config.spacing, antialias=config.antialias),
         BodyMaskd(modality=config.modality, ct_threshold_hu=m.ct_threshold_hu, mr_smoothing_mm=m.mr_smoothing_mm,
                   mr_otsu_scale=m.mr_otsu_scale, min_component_fraction=m.min_component_fraction,
                   fill_holes=m.fill_holes),
