@@ -395,10 +395,12 @@ def _run_tasks(tasks: list[dict], workers: int):
                 task = futures[future]
                 try:
                     yield future.result()
-                except Exception as exc:  # e.g. a worker killed by the OOM killer
+                except Exception as exc:  # e.g. a worker killed by the OOM killer: the pool is broken
                     yield {"case_id": task["case_id"], "status": "failed", "source_path": task["path"],
-                           "error": f"{task['path']}: worker process failed ({type(exc).__name__}: {exc})",
-                           "config_hash": task["config_hash"]}
+                           "error": f"{task['path']}: a worker process died ({type(exc).__name__}). Fix: rerun the "
+                                    "same command (finished cases are kept); if it recurs use fewer --workers "
+                                    "(memory), and when calling run_preprocess from a script, guard it with "
+                                    "if __name__ == '__main__'", "config_hash": task["config_hash"]}
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
