@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import linalg, stats
+from scipy import stats
 
 __all__ = ["per_label_wasserstein", "per_label_means", "RandomConvFeatures", "slice_features", "frechet_distance",
            "frechet_from_features"]
@@ -154,12 +154,12 @@ def frechet_from_features(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError("need at least 2 feature vectors on each side")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(cov_a.shape[0])
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = np.real(covmean)
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    # Tr((S_a S_b)^1/2) = sum of sqrt(eigenvalues of S_a^1/2 S_b S_a^1/2) (symmetric, stable)
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
     return max(value, 0.0)
 
 
