@@ -149,7 +149,7 @@ class Report:
                 lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in d["rows"]]
                 lines.append("")
             elif block.kind == "figure":
-                lines += [f"![{d['caption']}]({self._rel(d['path'], out_dir)})", ""]
+                lines += [f"![{Path(d['path']).stem}]({self._rel(d['path'], out_dir)})", ""]
                 if d["caption"]:
                     lines += [f"*{d['caption']}*", ""]
             elif block.kind == "pre":
