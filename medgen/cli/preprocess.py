@@ -30,7 +30,7 @@ def register(sub) -> None:
     parser.add_argument("-i", "--input", dest="more_inputs", action="append", default=[], metavar="INPUT",
                         help="another INPUT (repeatable; same as a positional INPUT)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
-    parser.add_argument("-m", "--modality", choices=("ct", "mr"), default=None,
+    parser.add_argument("--modality", choices=("ct", "mr"), default=None,
                         help="modality of the inputs; picks the shipped config preprocess/<modality>")
     add_config(parser, "preprocess/<modality>")
     parser.add_argument("-l", "--labels", nargs="+", default=None, metavar="LABELS",

@@ -40,20 +40,20 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_unknown_config_key_is_one_line_listing_valid_keys(tmp_path, capsys):
-    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "-m", "ct",
+    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "--modality", "ct",
                                     "--set", "unknown.key=1"])
     assert "unknown config key 'unknown.key'" in line and "valid keys:" in line
     assert "ct.window" in line and "crop.margin_mm" in line and "spacing" in line
 
 
 def test_wrong_config_type_is_one_line(tmp_path, capsys):
-    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "-m", "ct",
+    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "--modality", "ct",
                                     "--set", "crop.margin_mm=wide"])
     assert "'crop.margin_mm'" in line and "wide" in line and "valid keys:" in line
 
 
 def test_config_name_and_modality_must_agree(tmp_path, capsys):
-    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "-m", "ct",
+    line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "--modality", "ct",
                                     "-c", "preprocess/mr"])
     assert "preprocess/mr" in line and "modality 'mr'" in line
     line = _one_line_error(capsys, ["preprocess", str(tmp_path), "-o", str(tmp_path / "o"), "-c", "no/such"])

@@ -67,7 +67,7 @@ def test_bad_cases_give_exit_code_1_with_a_summary_naming_the_files(tmp_path, ca
     (tmp_path / "ph" / "phantom_000" / "ct.nii.gz").rename(folder / "a_ct.nii.gz")
     (folder / "junk.nii.gz").write_bytes(b"\x1f\x8b garbage")
     capsys.readouterr()
-    assert main(["preprocess", str(folder), "-o", str(tmp_path / "out"), "-m", "ct", "--no-mlflow", "-q"]) == 1
+    assert main(["preprocess", str(folder), "-o", str(tmp_path / "out"), "--modality", "ct", "--no-mlflow", "-q"]) == 1
     err = capsys.readouterr().err
     assert "preprocessed 1, skipped 0 (already done), failed 2" in err
     assert "FAILED an_mr:" in err and "an_mr.nii.gz: looks like MR, not CT" in err
@@ -83,7 +83,7 @@ def test_bad_cases_give_exit_code_1_with_a_summary_naming_the_files(tmp_path, ca
 
 def test_empty_folder_is_an_up_front_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["preprocess", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "-m", "mr", "--no-mlflow"]) == 2
+    assert main(["preprocess", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--modality", "mr", "--no-mlflow"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "empty: is an empty folder" in err[0]
     assert not (tmp_path / "out" / "manifest.csv").exists()
