@@ -10,9 +10,11 @@ DICOM SEG (DICOM input) and a QC picture. A batch also writes ``segment_mr_summa
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -160,10 +162,32 @@ def _batch_outputs(out_dir: Path, case_id: str, *, sct: bool, qc: bool, dicom_se
                        qc=out_dir / f"{case_id}_qc.png" if qc else None)
 
 
+def _case_files(outputs: CaseOutputs) -> list[Path]:
+    return [p for p in (outputs.sct, outputs.qc, outputs.dicom_seg, outputs.mask, outputs.labels_json) if p is not None]
+
+
 def _run_case(args) -> CaseReport:
+    """One scan of a batch; a hidden ``.<case>.in_progress`` marker makes ``kill -9`` recoverable.
+
+    The marker exists exactly while the scan's outputs are being written. A rerun that finds it
+    knows the outputs present are the partial work of an interrupted run (not someone else's
+    files) and removes them before starting again; a scan that fails removes what it wrote.
+    """
     case_id, path, outputs, options = args
+    marker = outputs.mask.with_name(f".{case_id}.in_progress")
+    if marker.exists():
+        log.info("%s: an earlier run was interrupted on this scan; redoing it", case_id)
+        for leftover in _case_files(outputs):
+            leftover.unlink(missing_ok=True)
+            for tmp in leftover.parent.glob(f".{glob.escape(leftover.name)}.*.tmp*"):  # torn atomic writes
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    before = {p for p in _case_files(outputs) if p.exists()}
+    marker.touch()
+    ok = False
     try:
-        return segment_one(Path(path), outputs, options, case_id=case_id)
+        report = segment_one(Path(path), outputs, options, case_id=case_id)
+        ok = True
+        return report
     except MedgenError as exc:
         log.error("%s: %s", case_id, exc.one_line())
         return CaseReport(case_id, str(path), "failed", error=exc.one_line())
@@ -171,6 +195,11 @@ def _run_case(args) -> CaseReport:
         log.error("%s: unexpected %s: %s", case_id, type(exc).__name__, exc)
         log.debug("%s", traceback.format_exc())
         return CaseReport(case_id, str(path), "failed", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if not ok:  # failed: no partial outputs that could look complete
+            for partial in set(_case_files(outputs)) - before:
+                partial.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
 
 
 def _worker_init(threads: int) -> None:

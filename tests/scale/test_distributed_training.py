@@ -81,8 +81,17 @@ def _flat(value, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """One thread in-process too: a loaded 2-core machine makes 2-thread OpenMP steps crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path):
+def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_thread):
     mrs, cts = write_phantoms(tmp_path / "data")
     run_dir, dump = tmp_path / "run", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
