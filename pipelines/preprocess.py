@@ -10,7 +10,7 @@ The algorithm, unrolled (one MLflow run per call)::
         read -> preprocess (recipe) -> write OUT_DIR/<case>.nii.gz, <case>_mask.nii.gz,
               [<case>_label.nii.gz], then <case>.json (the record) -- each file atomically
         a bad case becomes a 'failed' row with its error; the others carry on
-        rewrite OUT_DIR/manifest.csv atomically
+        journal its manifest row at once; rewrite OUT_DIR/manifest.csv atomically every few seconds
     log config, counts and the manifest (as a dataset input) to MLflow; exit 1 if any failed
 
 Resume after ``kill -9``: run the same command again. Completed cases are skipped (their row is
@@ -42,6 +42,8 @@ from medgen.io.volume import case_id_from_path
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
+#: Seconds between full rewrites of manifest.csv (each finished case is journaled at once).
+SAVE_EVERY_S = 5.0
 #: Suffixes ignored when pairing an image with its label map by case id.
 PAIRING_SUFFIXES = ("_ct", "_mr", "_image", "_img", "_seg", "_segmentation", "_labels", "_label", "_mask")
 
@@ -353,10 +355,13 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
         tracker.log_params({"inputs": " ".join(str(i) for i in inputs), "workers": workers, "n_cases": len(cases)})
         bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
         try:
+            last_save = time.monotonic()
             for row in _run_tasks(tasks, workers):
                 skipped = bool(row.pop("_skipped", False))
-                manifest.update(row)
-                manifest.save()
+                manifest.commit(row)  # journaled at once; the CSV is rewritten every few seconds
+                if time.monotonic() - last_save > SAVE_EVERY_S:
+                    manifest.save()
+                    last_save = time.monotonic()
                 if row["status"] == "ok":
                     (summary.skipped if skipped else summary.done).append(row["case_id"])
                     log.debug("%s: %s", row["case_id"], "skipped (already done)" if skipped else "ok")
@@ -366,6 +371,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
                 bar.update(1)
         finally:
             bar.close()
+            manifest.save()
         summary.seconds = time.perf_counter() - start
         if summary.skipped:
             log.info("skipped %d case(s) already preprocessed with this config", len(summary.skipped))

@@ -5,9 +5,12 @@ path, content hash (SHA-256 of the file, or of every file of a DICOM folder in s
 modality, original shape/spacing/orientation, the output, record, mask and label paths
 (relative to the manifest's folder, so the folder can be moved), the config hash, and timing.
 
-Why the whole file is rewritten after each case: a ``kill -9`` at any moment then leaves either
-the previous complete manifest or the new complete one (:func:`medgen.io.atomic.write_text_atomic`),
-never a half-written row, so a re-run can trust every ``ok`` row it reads.
+Crash safety without quadratic I/O: each finished case is appended as one JSON line to a
+journal beside the CSV (``manifest.journal.jsonl``, flushed and fsynced), and the CSV itself is
+rewritten atomically (:func:`medgen.io.atomic.write_text_atomic`) every few seconds and at the
+end, after which the journal is removed. A ``kill -9`` at any moment therefore leaves a complete
+CSV plus a journal whose complete lines are replayed on the next run (a torn last line is
+ignored), so a re-run knows every case that finished and never sees a half-written row.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 from medgen.errors import OutputError
@@ -94,7 +98,10 @@ class Manifest:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.journal = self.path.with_name(self.path.stem + ".journal.jsonl")
         self.rows: dict[str, dict] = read_manifest(self.path)
+        for row in _read_journal(self.journal):
+            self.update(row)
 
     def get(self, case_id: str) -> dict | None:
         return self.rows.get(case_id)
@@ -107,6 +114,15 @@ class Manifest:
         clean = {c: _cell(row.get(c, "")) for c in COLUMNS}
         self.rows[clean["case_id"]] = clean
 
+    def commit(self, row: dict) -> None:
+        """:meth:`update` and append the row to the journal (durable at once, O(1) per case)."""
+        self.update(row)
+        line = json.dumps(self.rows[row["case_id"]]) + "\n"
+        with open(self.journal, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
@@ -115,14 +131,31 @@ class Manifest:
         return buffer.getvalue()
 
     def save(self) -> Path:
-        """Rewrite the whole CSV atomically."""
-        return write_text_atomic(self.path, self.to_csv())
+        """Rewrite the whole CSV atomically, then drop the journal it now contains."""
+        write_text_atomic(self.path, self.to_csv())
+        self.journal.unlink(missing_ok=True)
+        return self.path
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.rows.values():
             out[row["status"]] = out.get(row["status"], 0) + 1
         return out
+
+
+def _read_journal(path: Path) -> list[dict]:
+    """Complete rows of a journal left by an interrupted run (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("case_id"):
+            rows.append({c: row.get(c, "") for c in COLUMNS})
+    return rows
 
 
 def _cell(value) -> str:

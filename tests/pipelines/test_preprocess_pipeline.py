@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medgen.data.manifest import Manifest
 from medgen.data.phantoms import make_phantom
 from medgen.errors import InputError, OutputError
 from medgen.io.readers import read_volume
@@ -205,13 +206,14 @@ def test_kill_9_then_rerun_finishes_without_redoing_or_partial_files(tmp_path):
     deadline = time.time() + 120
     killed = False
     while time.time() < deadline and proc.poll() is None:
-        if (out / "manifest.csv").exists() and "ok" in [r["status"] for r in manifest_rows(out).values()]:
+        if (out / "manifest.csv").exists() and "ok" in [r["status"] for r in Manifest(out / "manifest.csv").rows.values()]:
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
-    rows = manifest_rows(out)  # always a complete, parseable CSV
+    manifest_rows(out)  # always a complete, parseable CSV
+    rows = Manifest(out / "manifest.csv").rows  # CSV + the journal of cases finished since its last rewrite
     done_first = {c for c, r in rows.items() if r["status"] == "ok"}
     assert done_first and (not killed or len(done_first) < 8)
     mtimes = {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in done_first}
@@ -220,6 +222,23 @@ def test_kill_9_then_rerun_finishes_without_redoing_or_partial_files(tmp_path):
     rows = manifest_rows(out)
     assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == 8
     assert {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in done_first} == mtimes
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name] and not (out / "manifest.journal.jsonl").exists()
     for row in rows.values():
         assert read_volume(out / row["output_path"]).array.max() <= 1.0
+
+
+def test_manifest_journal_survives_a_crash_between_rewrites(tmp_path):
+    path = tmp_path / "manifest.csv"
+    m = Manifest(path)
+    m.update({"case_id": "a", "status": "pending"})
+    m.save()
+    m.commit({"case_id": "a", "status": "ok", "output_path": "a.nii.gz"})
+    m.commit({"case_id": "b", "status": "failed", "error": "b.nii.gz: broken"})
+    with open(m.journal, "a") as fh:
+        fh.write('{"case_id": "c", "sta')  # torn last line of a kill -9
+    assert manifest_rows(tmp_path)["a"]["status"] == "pending"  # the CSV is still the last complete one
+    again = Manifest(path)
+    assert again.rows["a"]["status"] == "ok" and again.rows["b"]["error"] == "b.nii.gz: broken"
+    assert "c" not in again.rows
+    again.save()
+    assert not again.journal.exists() and manifest_rows(tmp_path)["a"]["output_path"] == "a.nii.gz"
