@@ -65,3 +65,47 @@ def _qc_picture(output: Path, entries: list[dict], modality: str) -> Path | None
         rows.append(volume_panels(image, window=CT_WIDE if modality == "ct" else None, overlay=label,
                                   title=entry["case_id"]))
     return save_panels_png(output / "qc_generated.png", rows, title="synthetic volumes with their labels") if rows else None
+
+
+def realism_report(generated: str | Path, real_images: list[str | Path], real_labels: list[str | Path], *,
+                   ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> dict:
+    """Realism of a generated folder against real labelled images (the numbers ``medgen evaluate`` reports).
+
+    Args:
+        generated: a folder written by :func:`generate` (``datalist.json``, ``label_names.json``).
+        real_images, real_labels: real images and label maps with the same label ids (files or
+            folders, paired by case id, else by position).
+        ct_window: HU window used to bring CT into the unit range for the Frechet distance.
+
+    Returns:
+        ``{"wasserstein": {label: distance in image units}, "wasserstein_mean", "frechet_random_conv",
+        "n_generated", "n_real", "feature_net"}``.
+    """
+    import json
+
+    import numpy as np
+
+    from medgen.data.label_image_pairs import hu_to_unit, mr_robust_max, pair_inputs
+    from medgen.io.readers import read_volume
+    from medgen.metrics.realism import frechet_distance, per_label_wasserstein
+
+    generated = Path(generated)
+    datalist = json.loads((generated / "datalist.json").read_text())
+    names = {int(k): v for k, v in datalist.get("label_names", {}).items()}
+    modality = datalist.get("modality", "ct")
+    fake = [(read_volume(generated / e["image"]).array, read_volume(generated / e["label"], kind="label").array)
+            for e in datalist["training"]]
+    real = [(read_volume(i).array, read_volume(lab, kind="label").array)
+            for _, i, lab in pair_inputs(real_images, real_labels)]
+
+    def unit(array: np.ndarray) -> np.ndarray:
+        if modality == "ct":
+            return hu_to_unit(array, ct_window)
+        return 2.0 * np.clip(array / mr_robust_max(array), 0, 1) - 1.0
+
+    w = per_label_wasserstein([f[0] for f in fake], [r[0] for r in real], [f[1] for f in fake], names,
+                              real_labels=[r[1] for r in real])
+    fd = frechet_distance([unit(f[0]) for f in fake], [unit(r[0]) for r in real])
+    return {"wasserstein": w, "wasserstein_mean": float(np.mean(list(w.values()))) if w else float("nan"),
+            "frechet_random_conv": fd, "n_generated": len(fake), "n_real": len(real),
+            "feature_net": "medgen.metrics.realism.RandomConvFeatures(seed=0) on axial slices (fixed, untrained)"}

@@ -140,3 +140,20 @@ def test_cli_generates_and_refuses_to_overwrite(ct_bundle, tmp_path, capsys):
     assert (out / "images" / "synth_0000.nii.gz").exists() and (out / "qc_generated.png").exists()
     assert main(["generate", "-m", str(ct_bundle), "-n", "1", "-o", str(out), "--no-mlflow", "-q"]) == 2
     assert main(["generate", "-m", str(tmp_path / "nothing"), "-n", "1", "-o", str(out), "--no-mlflow", "-q"]) == 2
+
+
+def test_realism_report_compares_a_generated_folder_with_real_data(ct_bundle, tmp_path):
+    from medgen.inference.generate import AnatomyGenerator, generate_dataset
+    from medgen.pipelines.generate import realism_report
+    generate_dataset(AnatomyGenerator(ct_bundle, device="cpu"), tmp_path / "gen", n=2, seed=0)
+    for folder in ("img", "lbl"):
+        (tmp_path / folder).mkdir()
+    for s in (20, 21):
+        p = make_phantom(s, shape=SHAPE, spacing=SPACING)
+        write_volume(Volume(p.ct, p.affine), tmp_path / "img" / f"r{s}.nii.gz")
+        write_volume(Volume(p.labels, p.affine), tmp_path / "lbl" / f"r{s}.nii.gz")
+    report = realism_report(tmp_path / "gen", [tmp_path / "img"], [tmp_path / "lbl"])
+    assert report["n_generated"] == 2 and report["n_real"] == 2
+    assert set(report["wasserstein"]) >= {"fat", "liver", "vertebrae"}
+    assert all(0 <= v < 500 for v in report["wasserstein"].values())
+    assert report["frechet_random_conv"] >= 0
