@@ -73,6 +73,14 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     for pair in pairs:
         log.info("case %s: grid %s spacing %s", pair.case_id, pair.image.shape,
                  tuple(round(s, 2) for s in pair.image.spacing))
+        if names:  # a label-name file was given: it must name every id (as for the segmenter)
+            import numpy as np
+            unknown = sorted(int(i) for i in np.unique(pair.label.array) if int(i) != 0 and int(i) not in names)
+            if unknown:
+                raise InputError(f"has label ids {unknown[:10]} that the label-name file does not name",
+                                 path=pair.label.source or pair.case_id,
+                                 fix=f"add names for them to {label_names}, or omit --label-names (ids are then "
+                                     "named label_<id>)")
     task = GeneratorTask(config, pairs, run_dir=output, label_names=names, device=dev)
     settings = LoopSettings(max_steps=config.train.steps, checkpoint_every=config.train.checkpoint_every,
                             validate_every=config.train.validate_every, log_every=config.train.log_every)

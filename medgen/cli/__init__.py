@@ -9,6 +9,7 @@ non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -98,7 +99,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except OSError as exc:  # disk full, no permission, a path under a file: one line, not a traceback
+        log.error("%s", os_error_line(exc))
+        log.debug("details", exc_info=True)
+        return 2
     return int(code or 0)
+
+
+#: The fix to print for operating-system errors that reach the command line.
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space or choose an output folder on another disk",
+    errno.EDQUOT: "free disk space (quota exceeded) or choose an output folder on another disk",
+    errno.EACCES: "choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only; choose an output folder on a writable disk",
+    errno.ENOTDIR: "a parent of this path is a file, not a folder; choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An :class:`OSError` as medgen's one-line ``path: problem. Fix: ...`` message."""
+    path = exc.filename if exc.filename is not None else None
+    message = exc.strerror or str(exc)
+    fix = _OS_FIXES.get(exc.errno, "run again with -v for details")
+    return MedgenError(message, path=path, fix=fix).one_line()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def run_training(task: TrainingTask, run_dir: str | Path, settings: LoopSettings
     ckpt_dir = checkpoint_dir(run_dir)
     start_step = 0
     if distributed.is_main_process():
+        check_run_dir(task, run_dir)
         state = load_latest_checkpoint(ckpt_dir) if (resume or ckpt_dir.exists()) else None
         if state is not None and not resume:
             raise OutputError("already holds a training run's checkpoints", path=run_dir,
@@ -186,19 +187,7 @@ def _debug_param_dump(task: TrainingTask, step: int) -> None:
     folder = os.environ.get("MEDGEN_DEBUG_PARAM_DUMP")
     if not folder:
         return
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value.detach().cpu().clone()
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                walk(f"{prefix}.{i}", v)
-
-    walk("", task.state_dict())
+    flat = {k: v.detach().cpu().clone() for k, v in flatten_tensors(task.state_dict()).items()}
     from medgen.io.atomic import write_bytes_atomic
     buffer = io.BytesIO()
     torch.save({"step": step, "rank": distributed.rank(), "world_size": distributed.world_size(), "state": flat},
@@ -238,3 +227,28 @@ def read_history(run_dir: str | Path) -> list[dict]:
         except ValueError:
             continue  # a line cut short by a crash
     return rows
+
+
+def flatten_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``{"a.b.0": tensor}`` for every tensor in a nested state dict (lists and tuples included)."""
+    flat: dict[str, torch.Tensor] = {}
+    if isinstance(state, torch.Tensor):
+        flat[prefix] = state
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            flat.update(flatten_tensors(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            flat.update(flatten_tensors(v, f"{prefix}.{i}"))
+    return flat
+
+
+def check_run_dir(task: TrainingTask, run_dir: Path, keep: int = 2) -> None:
+    """Fail before training when ``run_dir`` is unwritable or too full for the checkpoints.
+
+    The estimate is the task's state size (weights, optimiser moments, sampler state) times the
+    ``keep`` checkpoints kept plus the one being written, plus 32 MiB for logs and samples.
+    """
+    from medgen.io.atomic import ensure_writable_dir
+    state_bytes = sum(t.numel() * t.element_size() for t in flatten_tensors(task.state_dict()).values())
+    ensure_writable_dir(run_dir, min_free_bytes=(keep + 1) * state_bytes + 32 * 2**20)
