@@ -30,7 +30,7 @@ import torch
 
 from medgen.data.label_image_pairs import IntensityScale, LabelChannels
 from medgen.data.label_sampler import LabelMapSampler, LabelSamplerConfig
-from medgen.errors import InputError, ModelError
+from medgen.errors import InputError, ModelError, OutputError
 from medgen.io.atomic import ensure_writable_dir, write_text_atomic
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.volume import Volume
@@ -237,6 +237,9 @@ def generate_dataset(generator: AnatomyGenerator, output: str | Path, *, n: int 
     from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
     output = ensure_writable_dir(output)
+    if (output / "datalist.json").exists():
+        raise OutputError("already holds generated volumes (datalist.json)", path=output,
+                          fix="choose a new output folder; medgen never overwrites generated data")
     cases = collect_inputs(list(labels)) if labels else []
     if labels and not cases:
         raise InputError("no label maps found", path=str(labels[0]), fix="pass label map files or folders")
