@@ -55,7 +55,8 @@ def read_manifest_cases(path: Path, *, ok_only: bool = True) -> list[CaseInput]:
         out = Path(row["output_path"])
         if not out.is_absolute():
             out = path.parent / out
-        cases.append(CaseInput(row["case_id"], out, preprocessed=True, row=row))
+        # the id names output files: sanitised like any id taken from a file name (no "../" escapes)
+        cases.append(CaseInput(case_id_from_path(row.get("case_id") or out), out, preprocessed=True, row=row))
     return cases
 
 

@@ -67,7 +67,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    # the real suffix, so writers that pick the format from it work (also for names like "....nii.gz")
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
     tmp = Path(tmp_name)

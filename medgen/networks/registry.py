@@ -42,4 +42,11 @@ def build_network(name: str, kwargs: dict) -> torch.nn.Module:
     if target is None:
         raise ModelError(f"unknown network '{name}'", fix="known networks: " + ", ".join(sorted(NETWORKS)))
     module_name, attr = target.split(":")
-    return getattr(importlib.import_module(module_name), attr)(**kwargs)
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"unknown network '{name}'", fix="known networks: " + ", ".join(sorted(NETWORKS))) from exc
+    # only network classes: never a function or module that happens to be importable from there
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelError(f"'{name}' is not a network class", fix="name a torch.nn.Module class of medgen.networks")
+    return cls(**kwargs)
