@@ -140,6 +140,57 @@ def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_t
     assert (run_dir / "bundle").is_dir()
 
 
+def _label_pairs(folder: Path) -> tuple[list[str], list[str], Path]:
+    import json
+    from medgen.data.phantoms import make_phantom
+    from medgen.io.volume import Volume
+    from medgen.io.writers import write_volume
+    images, labels = [], []
+    for s in (0, 1):
+        p = make_phantom(s, shape=(32, 32, 16), spacing=(6.0, 6.0, 8.0))
+        images.append(str(write_volume(Volume(p.ct, p.affine), folder / f"c{s}_ct.nii.gz")))
+        labels.append(str(write_volume(Volume(p.labels, p.affine), folder / f"c{s}_seg.nii.gz")))
+    names = folder / "names.json"
+    names.write_text(json.dumps({str(k): v for k, v in p.label_names.items()}))
+    return images, labels, names
+
+
+TINY_OTHERS = {
+    "segmenter": ["--include", "liver,spleen", "--set", "data.patch_size=[16,16,16]", "--set", "network.channels=[4,8]",
+                  "--set", "network.strides=[2]", "--set", "data.spacing=null"],
+    "generator": ["--set", "data.patch_size=[16,16,16]", "--set", "network.channels=[4,8]",
+                  "--set", "network.spade_hidden=4", "--set", "network.noise_channels=1",
+                  "--set", "discriminator.channels=4", "--set", "discriminator.num_layers=1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["segmenter", "generator"])
+def test_segmenter_and_generator_under_torchrun_keep_identical_replicas(tmp_path, trainer):
+    images, labels, names = _label_pairs(tmp_path)
+    run_dir, dump = tmp_path / "run", tmp_path / "dump"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "medgen", "train", trainer, "--images", *images, "--labels",
+           *labels, "--label-names", str(names), "-o", str(run_dir), "--max-steps", "2", "--device", "cpu", "-q",
+           "--set", "train.checkpoint_every=2", "--set", "train.validate_every=100", *TINY_OTHERS[trainer]]
+    proc = subprocess.run(cmd, env=subprocess_env(MEDGEN_DEBUG_PARAM_DUMP=str(dump)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local = ("gen", "sampler")
+    a, b = (torch.load(dump / f"rank_{r}.pt", weights_only=True)["state"] for r in (0, 1))
+    shared = [k for k in a if not k.startswith(local)]
+    assert a.keys() == b.keys() and sum(k.endswith(("weight", "bias")) for k in shared) >= 3 and len(shared) > 10
+    for key in shared:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), f"{key} differs between ranks"
+    ckpt = load_latest_checkpoint(run_dir / "checkpoints")
+    assert ckpt["step"] == 2 and len(ckpt["ranks"]) == 2
+    assert ckpt["ranks"][0]["task"] != {} and ckpt["ranks"][0]["task"].keys() == ckpt["ranks"][1]["task"].keys()
+    assert [r["step"] for r in read_history(run_dir) if r["phase"] == "train"] == [2]  # log_every default > 2
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+
+
 class _Task:
     """A tiny task with one rank-local entry (its sampler generator)."""
 
