@@ -94,6 +94,7 @@ class DemoConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int | None = None  # torch CPU threads (None: torch's default, one per core)
     phantoms: PhantomSettings = PhantomSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
     segmenter: TrainSettings = TrainSettings(config="segmenter/ct_unet", max_steps=200)
@@ -479,13 +480,25 @@ class DemoResult:
 def run_demo(out_dir: str | Path, config: DemoConfig, *, sample_data: str | Path | None = None,
              config_name: str = "", mlflow: bool = True) -> DemoResult:
     """Run the whole demo into ``out_dir`` and write its report; see the module docstring."""
-    from medgen.io.atomic import write_text_atomic
-    from medgen.pipelines.demo_report import build_report
-    from medgen.runtime import seed_everything
-    from medgen.tracking import start_run, write_run_info
+    import torch
 
+    from medgen.runtime import seed_everything
     out_dir = prepare_output_dir(Path(out_dir))
     seed_everything(config.seed)
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run_stages(out_dir, config, sample_data=sample_data, config_name=config_name, mlflow=mlflow)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_stages(out_dir: Path, config: DemoConfig, *, sample_data, config_name: str, mlflow: bool) -> DemoResult:
+    from medgen.io.atomic import write_text_atomic
+    from medgen.pipelines.demo_report import build_report
+    from medgen.tracking import start_run, write_run_info
+
     stages = Stages()
     t_start = time.perf_counter()
     with start_run("demo", output_dir=out_dir, tags={"medgen.demo_config": config_name}, enabled=mlflow) as tracker:
