@@ -44,7 +44,7 @@ DEFAULT_OVERRIDES = [
     "preprocess.mr.spacing=[1.5,1.5,1.5]", "preprocess.ct.spacing=[1.5,1.5,1.5]",
     # the pork bone reaches ~1450 HU (99th percentile); a wider window than the abdominal default
     "preprocess.ct.ct.window=[-1000,1600]",
-    "data.patch_size=[96,96]", "model.features=16", "model.n_blocks=6", "model.disc_features=32",
+    "data.patch_size=[64,64]", "model.features=16", "model.n_blocks=6", "model.disc_features=32",
     "train.precision=bf16", "train.validate_every=250", "train.checkpoint_every=250", "train.log_every=25",
 ]
 
@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="translator/cyclegan_25d")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--train-fraction", type=float, default=0.7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is much faster than 2 on a busy 2-core machine: no OpenMP spinning)")
     parser.add_argument("--no-val", action="store_true", help="do not log the test-slab learning curve")
     args = parser.parse_args(argv)
 

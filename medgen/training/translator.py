@@ -373,5 +373,9 @@ class TranslatorTask:
 
 
 def _display(x: torch.Tensor) -> np.ndarray:
-    """A (X, Y) RAS slice -> a display image (anterior up, patient's right on the left)."""
-    return x.detach().float().cpu().numpy()[::-1, ::-1].T
+    """A (X, Y) RAS slice (or the middle axial slice of an (X, Y, Z) patch) -> a display image
+    (anterior up, patient's right on the left)."""
+    x = x.detach().float().cpu().numpy()
+    if x.ndim == 3:
+        x = x[:, :, x.shape[2] // 2]
+    return x[::-1, ::-1].T
