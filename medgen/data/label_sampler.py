@@ -139,13 +139,17 @@ def warp_labels(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
     that label, so brains with ~50 labels warp in seconds.
     """
     shape = coords.shape[1:]
-    best = np.full(shape, 0.5, np.float32)  # background wins ties and owns outside-the-field voxels
+    best = np.full(shape, -1.0, np.float32)
     out = np.zeros(shape, labels.dtype)
     flat = coords.reshape(3, -1)
-    for value in np.unique(labels):
-        if value == 0:
-            continue
+    for value in np.unique(np.concatenate([[0], np.unique(labels)])):
         mask = labels == value
+        if value == 0:  # background competes like any label and owns everything outside the field
+            prob = ndimage.map_coordinates(mask.astype(np.float32), flat, order=1, mode="constant", cval=1.0)
+            win = prob > best.reshape(-1)
+            best.reshape(-1)[win] = prob[win]
+            out.reshape(-1)[win] = 0
+            continue
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
         lo = np.array([s.start for s in box]) - 1
         hi = np.array([s.stop for s in box])
@@ -166,16 +170,15 @@ def warp_labels(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
 def remove_small_islands(labels: np.ndarray, *, min_fraction: float = 0.05, min_voxels: int = 8) -> np.ndarray:
     """Reassign small disconnected pieces of each label to the nearest remaining label.
 
-    A component of label ``l`` is removed when it is smaller than ``min_voxels`` or than
+    A component of label ``l`` (background included: small background pockets inside the body
+    are holes) is removed when it is smaller than ``min_voxels`` or than
     ``min_fraction`` times ``l``'s largest component; its voxels take the label of the nearest
     voxel that was kept (background included). Components are 26-connected.
     """
     out = labels.copy()
     removed = np.zeros(labels.shape, bool)
     structure = np.ones((3, 3, 3), bool)
-    for value in np.unique(labels):
-        if value == 0:
-            continue
+    for value in np.unique(labels):  # background too: small background pockets are holes
         comp, n = ndimage.label(labels == value, structure=structure)
         if n <= 1:
             continue
