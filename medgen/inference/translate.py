@@ -187,7 +187,8 @@ def _translate_3d(network, image, device, dtype, window_size, overlap, multiple,
 
     def predictor(patch):
         with autocast(device, dtype):
-            return network(patch.to(device)).float()
+            out = network(patch.to(device)).float()
+        return out.clone() if out.data_ptr() == patch.data_ptr() else out  # MONAI scales outputs in place
 
     out = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=predictor, overlap=overlap,
                                    mode="gaussian", padding_mode="constant", cval=-1.0, sw_device=device,

@@ -86,14 +86,18 @@ class CycleGANObjective(nn.Module):
         lambda_shape: weight of the shape-consistency term.
         lambda_air: weight of the "air stays air outside the MR body mask" term.
         seed: seed of the image pools' random streams.
+        batch_passes: run G on MR and CT (translation + identity) in one concatenated pass, and
+            each discriminator on real + fake in one pass, when the networks have no batch
+            statistics (then it is the same computation, just faster); False runs them apart.
     """
 
     def __init__(self, g_mr2ct: nn.Module, g_ct2mr: nn.Module, d_ct: nn.Module, d_mr: nn.Module, *,
                  lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  structure: nn.Module | None = None, lambda_structure: float = 1.0,
                  segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
-                 lambda_air: float = 0.0, seed: int = 0):
+                 lambda_air: float = 0.0, seed: int = 0, batch_passes: bool = True):
         super().__init__()
+        self.batch_passes = batch_passes
         self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
@@ -127,8 +131,16 @@ class CycleGANObjective(nn.Module):
         """
         G, Fn = self.g_mr2ct, self.g_ct2mr
         d_ct, d_mr = unwrap(self.d_ct), unwrap(self.d_mr)
-        fake_ct = G(real_mr)
-        fake_mr = Fn(real_ct)
+        identity = self.lambda_identity > 0
+        if identity and self._can_batch(G, Fn) and real_mr.shape == real_ct.shape:
+            # one pass per generator for the translation and the identity mapping (same maths with
+            # per-sample normalisation, fewer and larger convolutions: faster on CPUs)
+            n = real_mr.shape[0]
+            fake_ct, idt_ct = G(torch.cat([real_mr, real_ct])).split(n)
+            fake_mr, idt_mr = Fn(torch.cat([real_ct, real_mr])).split(n)
+        else:
+            fake_ct, fake_mr = G(real_mr), Fn(real_ct)
+            idt_ct, idt_mr = (G(real_ct), Fn(real_mr)) if identity else (None, None)
         rec_mr = Fn(fake_ct)
         rec_ct = G(fake_mr)
         losses: dict[str, torch.Tensor] = {}
@@ -138,9 +150,9 @@ class CycleGANObjective(nn.Module):
         losses["cycle_mr"] = F.l1_loss(rec_mr.float(), real_mr.float())
         losses["cycle_ct"] = F.l1_loss(rec_ct.float(), real_ct.float())
         total = losses["adv_ct"] + losses["adv_mr"] + self.lambda_cycle * (losses["cycle_mr"] + losses["cycle_ct"])
-        if self.lambda_identity > 0:
-            losses["identity_ct"] = F.l1_loss(G(real_ct).float(), real_ct.float())
-            losses["identity_mr"] = F.l1_loss(Fn(real_mr).float(), real_mr.float())
+        if identity:
+            losses["identity_ct"] = F.l1_loss(idt_ct.float(), real_ct.float())
+            losses["identity_mr"] = F.l1_loss(idt_mr.float(), real_mr.float())
             total = total + self.lambda_cycle * self.lambda_identity * (losses["identity_ct"] + losses["identity_mr"])
         if self.structure is not None and self.lambda_structure > 0:
             losses["structure_mr"] = self.structure(real_mr, fake_ct, mr_mask)
@@ -172,12 +184,23 @@ class CycleGANObjective(nn.Module):
         """LSGAN losses of D_CT and D_MR on real images and pooled (detached) fakes."""
         fake_ct = self.pool_ct.query(fake_ct.detach())
         fake_mr = self.pool_mr.query(fake_mr.detach())
-        losses = {
-            "d_ct": 0.5 * (lsgan_loss(_score(self.d_ct, real_ct), True) + lsgan_loss(_score(self.d_ct, fake_ct), False)),
-            "d_mr": 0.5 * (lsgan_loss(_score(self.d_mr, real_mr), True) + lsgan_loss(_score(self.d_mr, fake_mr), False)),
-        }
+        losses = {"d_ct": self._d_loss(self.d_ct, real_ct, fake_ct), "d_mr": self._d_loss(self.d_mr, real_mr, fake_mr)}
         losses["total"] = losses["d_ct"] + losses["d_mr"]
         return losses
+
+    def _d_loss(self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """0.5 * (LSGAN(D(real), 1) + LSGAN(D(fake), 0)); real and fake in one pass when that is exact."""
+        if self._can_batch(d) and real.shape == fake.shape:
+            real_scores, fake_scores = _score(d, torch.cat([real, fake])).split(real.shape[0])
+        else:
+            real_scores, fake_scores = _score(d, real), _score(d, fake)
+        return 0.5 * (lsgan_loss(real_scores, True) + lsgan_loss(fake_scores, False))
+
+    def _can_batch(self, *modules: nn.Module) -> bool:
+        """Concatenating batches is exact only without batch statistics (instance/group norm)."""
+        if not self.batch_passes:
+            return False
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for mod in modules for m in mod.modules())
 
     def forward(self, real_mr: torch.Tensor, real_ct: torch.Tensor, **kwargs):
         """Same as :meth:`generator_loss` (the objective's main use)."""

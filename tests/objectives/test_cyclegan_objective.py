@@ -63,6 +63,19 @@ def test_generator_step_updates_only_generators_and_weights_add_up():
     assert len(obj.pool_ct) == 2
 
 
+def test_batched_passes_compute_the_same_losses():
+    mr, ct = _batch(channels=3)
+    results = []
+    for batched in (True, False):
+        g, f, d_ct, d_mr = _nets(channels=3)
+        obj = CycleGANObjective(g, f, d_ct, d_mr, pool_size=0, batch_passes=batched)
+        losses, images = obj.generator_loss(mr, ct)
+        d_losses = obj.discriminator_loss(mr, ct, images["fake_ct"], images["fake_mr"])
+        results.append({**{k: v.item() for k, v in losses.items()}, **{f"d_{k}": v.item() for k, v in d_losses.items()}})
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-4, abs=1e-6), key
+
+
 def test_air_term_is_zero_only_when_background_is_air():
     _, _, d_ct, d_mr = _nets()
     mr, ct = _batch()
@@ -75,7 +88,7 @@ def test_air_term_is_zero_only_when_background_is_air():
             self.value = value
 
         def forward(self, x):
-            return torch.where(mask.bool(), x, torch.full_like(x, self.value))
+            return torch.where(mask[:1].bool(), x, torch.full_like(x, self.value))
 
     air = CycleGANObjective(Const(-1.0), nn.Identity(), d_ct, d_mr, lambda_air=1.0, pool_size=0)
     assert air.generator_loss(mr, ct, mr_mask=mask)[0]["air"].item() == 0.0
