@@ -49,14 +49,14 @@ def test_ct_generator_exports_a_bundle_that_keeps_geometry_and_tissue_order(tmp_
     from medgen.pipelines.train_generator import train_generator
     torch.manual_seed(0)
     img, lbl, names = _write_phantoms(tmp_path, [0, 1])
-    bundle = train_generator(tiny_config(train={"steps": 12, "validate_every": 6}), images=[img], labels=[lbl],
+    bundle = train_generator(tiny_config(train={"steps": 8, "validate_every": 4}), images=[img], labels=[lbl],
                              output=tmp_path / "run", label_names=names, device="cpu", mlflow=False)
     desc = json.loads((bundle / "medgen.json").read_text())
     assert desc["kind"] == "generator" and desc["label_names"]["3"] == "liver"
     assert sorted(p.name for p in (bundle / "label_bank").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in history if r["phase"] == "val"] == [6, 12]
-    assert (tmp_path / "run" / "samples" / "step_000012.png").stat().st_size > 1000
+    assert [r["step"] for r in history if r["phase"] == "val"] == [4, 8]
+    assert (tmp_path / "run" / "samples" / "step_000008.png").stat().st_size > 1000
 
     held_out = make_phantom(7, shape=(32, 32, 16), spacing=(8.0, 7.0, 10.0))
     gen = AnatomyGenerator(bundle, device="cpu")
@@ -83,7 +83,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     from medgen.pipelines.train_generator import train_generator
     from medgen.runtime import seed_everything
     img, lbl, names = _write_phantoms(tmp_path, [0])
-    config = tiny_config(train={"steps": 4, "checkpoint_every": 2, "validate_every": 100})
+    config = tiny_config(train={"steps": 4, "checkpoint_every": 2, "validate_every": 100, "validate_cases": 0})
     seed_everything(0)
     straight = train_generator(config, images=[img], labels=[lbl], output=tmp_path / "a", device="cpu", mlflow=False)
     train_generator(config, images=[img], labels=[lbl], output=tmp_path / "b", device="cpu", mlflow=False, max_steps=2)
