@@ -206,23 +206,53 @@ def _ids(names: dict, wanted: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(int(k) for k, v in names.items() if v in wanted)
 
 
-def curves_figures(fig_dir: Path, name: str, run_dir: str | Path) -> list[Path]:
-    """Training-loss and validation curves of one run (from its ``metrics.jsonl``)."""
+def curves_figure(path: Path, name: str, run_dir: str | Path) -> Path | None:
+    """Training losses and validation metrics of one run (from its ``metrics.jsonl``) in one picture.
+
+    Loss components share one panel (totals are left out: they would flatten the rest); validation
+    metrics get one panel per quantity, since MAE in HU, PSNR in dB and Dice do not share a scale
+    (metrics named ``group/part``, e.g. per-organ Dice, share their group's panel).
+    """
+    import matplotlib.pyplot as plt
+
+    from medgen.io.atomic import atomic_path
     from medgen.training.loop import read_history
-    from medgen.viz import save_curves_png
     history = read_history(run_dir)
-    paths = []
-    for phase in ("train", "val"):
-        rows = [r for r in history if r.get("phase") == phase]
-        if not rows:
-            continue
-        keys = sorted({k for r in rows for k in r if k not in ("step", "phase", "steps_per_s", "lr")
-                       and isinstance(r[k], (int, float))})
-        path = fig_dir / f"curves_{name}_{phase}.png"
-        save_curves_png(path, history, keys=keys, phase=phase,
-                        title=f"{name}: {'training losses' if phase == 'train' else 'validation metrics'}")
-        paths.append(path)
-    return paths
+    skip = {"step", "phase", "steps_per_s", "lr"}
+    train = [r for r in history if r.get("phase") == "train"]
+    val = [r for r in history if r.get("phase") == "val"]
+    train_keys = sorted({k for r in train for k in r if k not in skip and not k.endswith("total")
+                         and isinstance(r[k], (int, float))})
+    groups: dict[str, list[str]] = {}
+    for key in sorted({k for r in val for k in r if k not in skip and isinstance(r[k], (int, float))}):
+        groups.setdefault(key.split("/")[0], []).append(key)
+    panels = ([("training losses", train, train_keys)] if train_keys else []) + \
+             [(f"validation: {g}", val, keys) for g, keys in list(groups.items())[:5]]
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.6, 2.9 * nrows + 0.4), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (title, rows, keys) in zip(axes.ravel(), panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 8 else None, markersize=3,
+                        label=key.split("/", 1)[-1] if "/" in key else key)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=6, ncol=2 if len(keys) > 6 else 1)
+    fig.suptitle(f"{name}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
 
 
 def generated_pairs(gen_dir: Path) -> list[tuple[Path, Path]]:
@@ -392,14 +422,16 @@ def _curves_section(report: Report, fig_dir: Path, stages) -> None:
     for name, run_dir in runs:
         if run_dir:
             try:
-                figures += [(name, p) for p in curves_figures(fig_dir, name, run_dir)]
+                path = curves_figure(fig_dir / f"curves_{name}.png", name, run_dir)
+                if path:
+                    figures.append((name, path))
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not draw %s curves: %s", name, exc)
     if not figures:
         return
     report.heading("Training curves")
     for name, path in figures:
-        report.figure(path, f"{name}: {path.stem.rsplit('_', 1)[-1]} metrics per step (from metrics.jsonl).")
+        report.figure(path, f"{name}: training losses and validation metrics per step (`runs/{name}/metrics.jsonl`).")
 
 
 def _generator_section(report: Report, fig_dir: Path, stages, config) -> None:

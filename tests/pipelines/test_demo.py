@@ -51,7 +51,7 @@ def test_report_and_figures(demo_dir):
         assert width >= 200 and height >= 50, rel
     names = {Path(r).name for r in linked_md}
     assert {"dice.png", "samples.png", "methods.png", "generated.png", "label_legend.png",
-            "curves_segmenter_train.png", "curves_translator_train.png", "curves_generator_train.png"} <= names
+            "curves_segmenter.png", "curves_translator.png", "curves_generator.png"} <= names
     # the stage table lists every stage with its time
     for stage in ("phantoms", "preprocess", "train segmenter", "train translator", "segment test MRs", "evaluate",
                   "generator"):
@@ -153,3 +153,26 @@ def test_demo_configs_are_valid():
     assert quick.phantoms.n_test >= 1 and full.phantoms.n_test >= quick.phantoms.n_test
     test = load_demo_config("demo/test", overrides=["phantoms.n_test=3"])
     assert test.phantoms.n_test == 3
+
+
+@pytest.mark.slow
+def test_real_mr_stage_writes_mask_on_the_mr_grid(demo_dir, sample_data, tmp_path):
+    """``--sample-data``: the phantom-trained chain runs on the real MR; the mask lands on its grid."""
+    import numpy as np
+
+    from medgen.io.readers import read_volume
+    from medgen.pipelines.demo import find_sample_mrs, load_demo_config, segment_real_mrs
+    from medgen.pipelines.demo_report import real_mr_figure
+
+    if not find_sample_mrs(sample_data):
+        pytest.skip("no example_mr_sm.nii.gz in the sample data")
+    config = load_demo_config("demo/test")
+    result = segment_real_mrs(tmp_path, config, sample_data, str(demo_dir / "runs" / "segmenter"),
+                              str(demo_dir / "runs" / "translator"))
+    case = result["cases"]["example_mr_sm"]
+    mr, mask = read_volume(case["mr"]), read_volume(case["mask"], kind="label")
+    assert mask.shape == mr.shape and np.allclose(mask.affine, mr.affine, atol=1e-4)
+    assert mr.orientation == mask.orientation == "LPS"  # stored LPS; the mask keeps the MR's own orientation
+    assert Path(case["qc"]).exists()
+    width, _ = _png_size(real_mr_figure(tmp_path / "real.png", case))
+    assert width >= 300
