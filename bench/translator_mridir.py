@@ -154,10 +154,14 @@ def main(argv=None) -> int:
     config = load_config(args.config, TranslatorConfig, default="translator/cyclegan_25d", overrides=overrides)
     run_dir = out / "run"
     start = time.perf_counter()
+    # learning curve on the test slab with the same object mask as the final numbers (not used to select anything)
+    from medgen.pipelines.train_translator import make_paired_case
+    curve = [] if args.no_val else [make_paired_case("mridir_test", read_volume(paths["mr_test"]),
+                                                     read_volume(paths["ct_test"]), config, torch.device("cpu"),
+                                                     torch.bfloat16, object_mask=test_mask)]
     bundle = train_translator(config, mr_inputs=[paths["mr_train"]], ct_inputs=[paths["ct_train"]], run_dir=run_dir,
                               max_steps=args.steps, resume=(run_dir / "checkpoints").exists(), device="cpu",
-                              val_mr=None if args.no_val else [paths["mr_test"]],
-                              val_ct=None if args.no_val else [paths["ct_test"]], mlflow=False)
+                              mlflow=False, paired_cases=curve)
     train_s = time.perf_counter() - start
     translator = load_translator(bundle)
     mr_test_vol = read_volume(paths["mr_test"])

@@ -234,7 +234,8 @@ def load_segmenter_for_shape(ref: str, config: TranslatorConfig):
 
 def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: list, run_dir: str | Path,
                      max_steps: int | None = None, resume: bool = False, device: str = "auto",
-                     val_mr: list | None = None, val_ct: list | None = None, mlflow: bool = True) -> Path:
+                     val_mr: list | None = None, val_ct: list | None = None, mlflow: bool = True,
+                     paired_cases: list[PairedCase] | None = None) -> Path:
     """Train, export and register a translator; returns the bundle folder.
 
     Args:
@@ -244,6 +245,7 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
         max_steps: override ``train.steps`` (the LR schedule follows it).
         resume: continue from the newest checkpoint in ``run_dir``.
         val_mr, val_ct: optional paired validation cases (MAE/PSNR/SSIM in HU).
+        paired_cases: ready-made validation cases (see :func:`make_paired_case`), added to those.
     """
     from medgen.runtime import resolve_device, resolve_precision, seed_everything
     from medgen.tracking import start_run, write_run_info
@@ -262,6 +264,7 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
     mr = load_training_volumes(mr_inputs, "mr", config)
     ct = load_training_volumes(ct_inputs, "ct", config)
     paired = paired_validation_cases(val_mr, val_ct, config, dev, dtype) if val_mr else []
+    paired += list(paired_cases or [])
     segmenter = load_segmenter_for_shape(config.loss.shape_segmenter, config) if config.loss.shape_segmenter else None
     with start_run("train_translator", output_dir=run_dir) if mlflow else _no_run() as tracker:
         tracker.log_config(config)
