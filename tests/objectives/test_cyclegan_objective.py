@@ -12,6 +12,15 @@ from medgen.objectives.shape import TranslatorSpaceSegmenter
 from medgen.objectives.structure import GradientCorrelationLoss, MINDLoss
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (no OpenMP hand-offs, robust on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _nets(channels=1, seed=0):
     torch.manual_seed(seed)
     g = ResnetGenerator(spatial_dims=2, in_channels=channels, out_channels=channels, features=4, n_blocks=1)
