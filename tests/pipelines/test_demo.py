@@ -71,7 +71,7 @@ def test_metrics_file_holds_sensible_values(demo_dir):
         assert all(0.0 <= v <= 1.0 for v in values), (method, values)
         assert 0.0 <= seg["organs_mean"][method] <= 1.0
     # the segmenter learned something on true CT, and the chain beats segmenting the raw MR
-    assert seg["organs_mean"]["upper_bound"] > 0.2
+    assert seg["organs_mean"]["upper_bound"] > 0.15
     assert seg["organs_mean"]["chain"] > seg["organs_mean"]["none"]
     sct = metrics["translation"]["mean"]
     assert set(sct) == {"chain", "none", "histogram"}
@@ -96,7 +96,7 @@ def test_mlflow_parent_and_nested_runs(demo_dir):
     parent = client.get_run(info["run_id"])
     assert parent.info.run_name == "demo" and parent.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in parent.data.tags
-    assert parent.data.params["translator.max_steps"] == "20"
+    assert parent.data.params["translator.max_steps"] == "120"
     assert 0.0 <= parent.data.metrics["dice_mean/chain"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/metrics.json", "report/figures"} <= artifacts
