@@ -23,6 +23,9 @@ medgen's additions (each optional, weight 0 disables it):
   ``CE(S(G(F(y))), labels(y))`` where the labels are given or S's own prediction on y.
 * ``air`` -- keep background air as air: L1 between G(x) and -1 (air in the CT window) outside
   the MR's body mask.
+* ``histogram`` -- intensity-distribution matching: L1 between the quantiles of G(x) inside the
+  MR body mask and of the (unpaired) real CT batch inside its body mask. Label-free; it pins the
+  tissue HU levels, which the adversarial loss enforces only weakly in a wide HU window.
 
 The networks may be DistributedDataParallel wrappers: the generator step calls the
 *unwrapped* discriminators (their weights are not updated there, so no gradient sync is wanted).
@@ -55,7 +58,7 @@ from torch import nn
 from medgen.objectives.image_pool import ImagePool
 from medgen.training.distributed import unwrap
 
-__all__ = ["CycleGANObjective", "lsgan_loss"]
+__all__ = ["CycleGANObjective", "lsgan_loss", "quantile_distance"]
 
 
 def _score(discriminator: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +88,7 @@ class CycleGANObjective(nn.Module):
         segmenter: frozen CT segmenter ``ct -> logits`` (same layout as the CT batches), or None.
         lambda_shape: weight of the shape-consistency term.
         lambda_air: weight of the "air stays air outside the MR body mask" term.
+        lambda_histogram: weight of the quantile-matching term between G(x) and real CT in the bodies.
         seed: seed of the image pools' random streams.
         batch_passes: run G on MR and CT (translation + identity) in one concatenated pass, and
             each discriminator on real + fake in one pass, when the networks have no batch
@@ -95,7 +99,8 @@ class CycleGANObjective(nn.Module):
                  lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  structure: nn.Module | None = None, lambda_structure: float = 1.0,
                  segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
-                 lambda_air: float = 0.0, seed: int = 0, batch_passes: bool = True):
+                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, seed: int = 0,
+                 batch_passes: bool = True):
         super().__init__()
         self.batch_passes = batch_passes
         self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
@@ -105,6 +110,7 @@ class CycleGANObjective(nn.Module):
         self.lambda_structure = float(lambda_structure)
         self.lambda_shape = float(lambda_shape)
         self.lambda_air = float(lambda_air)
+        self.lambda_histogram = float(lambda_histogram)
         self.segmenter = segmenter
         if isinstance(segmenter, nn.Module):
             segmenter.eval()
@@ -162,6 +168,9 @@ class CycleGANObjective(nn.Module):
             outside = 1.0 - mr_mask.float()
             losses["air"] = ((fake_ct.float() + 1.0).abs() * outside).sum() / outside.numel()
             total = total + self.lambda_air * losses["air"]
+        if self.lambda_histogram > 0:
+            losses["histogram"] = quantile_distance(fake_ct, real_ct, mr_mask, ct_mask)
+            total = total + self.lambda_histogram * losses["histogram"]
         if self.segmenter is not None and self.lambda_shape > 0:
             losses["shape"] = self.shape_loss(real_ct, rec_ct, ct_labels)
             total = total + self.lambda_shape * losses["shape"]
@@ -212,6 +221,25 @@ class CycleGANObjective(nn.Module):
     def load_pools_state_dict(self, state: dict) -> None:
         self.pool_ct.load_state_dict(state["ct"])
         self.pool_mr.load_state_dict(state["mr"])
+
+
+def quantile_distance(a: torch.Tensor, b: torch.Tensor, mask_a: torch.Tensor | None = None,
+                      mask_b: torch.Tensor | None = None, n_quantiles: int = 101) -> torch.Tensor:
+    """Mean |Q_a(q) - Q_b(q)| over ``n_quantiles`` levels (1D Wasserstein-1 of the two value sets).
+
+    Values are taken inside the masks (all values without one); differentiable through ``sort``.
+    """
+    def quantiles(x, m):
+        values = x.float().reshape(-1)
+        if m is not None:
+            keep = m.reshape(-1) > 0.5
+            if keep.sum() >= 2:
+                values = values[keep]
+        values = values.sort().values
+        index = torch.linspace(0, values.numel() - 1, n_quantiles, device=values.device).round().long()
+        return values[index]
+
+    return (quantiles(a, mask_a) - quantiles(b, mask_b)).abs().mean()
 
 
 def _logits(out) -> torch.Tensor:

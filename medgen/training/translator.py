@@ -102,6 +102,7 @@ class LossConfig(StrictModel):
     structure: Literal["none", "mind", "gradient_correlation"] = "mind"
     lambda_structure: float = 5.0
     lambda_air: float = 1.0
+    lambda_histogram: float = 0.0
     shape_segmenter: str | None = None
     lambda_shape: float = 1.0
 
@@ -258,7 +259,7 @@ class TranslatorTask:
             lambda_cycle=loss.lambda_cycle, lambda_identity=loss.lambda_identity, pool_size=loss.pool_size,
             structure=build_structure_loss(loss.structure), lambda_structure=loss.lambda_structure,
             segmenter=segmenter.to(self.device) if segmenter is not None else None, lambda_shape=loss.lambda_shape,
-            lambda_air=loss.lambda_air, seed=config.seed + 17 * distributed.rank())
+            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram, seed=config.seed + 17 * distributed.rank())
         betas = (train.beta1, train.beta2)
         self.opt_g = torch.optim.Adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
                                       lr=train.lr, betas=betas)

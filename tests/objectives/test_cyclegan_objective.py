@@ -162,3 +162,14 @@ def test_image_pool_state_round_trip_reproduces_queries():
     again = other.query(torch.full((4, 1, 2, 2), 9.0))
     assert torch.equal(first, again)
     assert len(other) == 3
+
+
+def test_quantile_distance_is_zero_for_equal_distributions_and_grows_with_offset():
+    from medgen.objectives.cyclegan import quantile_distance
+    x = torch.rand(2, 1, 16, 16)
+    shuffled = x.flatten()[torch.randperm(x.numel())].reshape(x.shape)
+    assert quantile_distance(x, shuffled).item() == pytest.approx(0.0, abs=1e-7)
+    assert quantile_distance(x, x + 0.1).item() == pytest.approx(0.1, abs=1e-5)
+    y = x.clone().requires_grad_(True)
+    quantile_distance(y, x + 0.1).backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
