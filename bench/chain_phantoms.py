@@ -32,13 +32,13 @@ ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "vertebrae", "aorta"
 FULL = {
     "shape": (64, 64, 32), "spacing": (3.0, 3.0, 4.5), "seg_seeds": list(range(6)), "tr_mr_seeds": [100, 101, 102],
     "tr_ct_seeds": [103, 104, 105], "test_seeds": [200, 201, 202], "mr_weighting": "t1",
-    "seg_steps": 500, "tr_steps": 600,
-    "seg_overrides": ["data.spacing=[3,3,4.5]", "data.patch_size=[48,48,32]", "network.channels=[8,16,32,64]",
-                      "train.validate_every=250", "train.checkpoint_every=100", "train.precision=bf16",
-                      "train.lr=0.004"],
-    "tr_overrides": ["preprocess.mr.spacing=[3,3,4.5]", "preprocess.ct.spacing=[3,3,4.5]", "model.features=16",
-                     "model.n_blocks=4", "data.patch_size=[64,64]", "model.disc_features=16",
-                     "train.validate_every=1000", "train.checkpoint_every=100", "train.log_every=50"],
+    "seg_steps": 300, "tr_steps": 300,
+    "seg_overrides": ["data.spacing=[3,3,4.5]", "data.patch_size=[64,64,32]", "network.channels=[8,16,32,64]",
+                      "data.batch_size=1", "train.validate_every=100", "train.checkpoint_every=50",
+                      "train.precision=bf16", "train.lr=0.01"],
+    "tr_overrides": ["preprocess.mr.spacing=[3,3,4.5]", "preprocess.ct.spacing=[3,3,4.5]", "model.features=12",
+                     "model.n_blocks=3", "data.patch_size=[64,64]", "model.disc_features=12",
+                     "train.validate_every=1000", "train.checkpoint_every=50", "train.log_every=50"],
 }
 QUICK = {
     "shape": (48, 48, 24), "spacing": (4.0, 4.0, 6.0), "seg_seeds": [0, 1, 2], "tr_mr_seeds": [100, 101],
@@ -98,7 +98,7 @@ def run_experiment(out_dir: str | Path, settings: dict, *, device: str = "cpu", 
     if not (seg_run / "bundle" / "medgen.json").exists():
         cfg = load_config(None, SegmenterConfig, default="segmenter/ct_unet", overrides=settings["seg_overrides"])
         train_segmenter(cfg, images=seg_data["ct"], labels=seg_data["labels"], output=seg_run, label_names=names,
-                        max_steps=settings["seg_steps"], resume=(seg_run / "checkpoints").exists(), device=device,
+                        include=settings.get("include"), max_steps=settings["seg_steps"], resume=(seg_run / "checkpoints").exists(), device=device,
                         mlflow=mlflow)
     timings["segmenter_train_s"] = time.perf_counter() - t1
 
@@ -140,7 +140,8 @@ def run_experiment(out_dir: str | Path, settings: dict, *, device: str = "cpu", 
                 per_method[method].setdefault(organ, []).append(s["dice"])
     timings["evaluate_s"] = time.perf_counter() - t3
 
-    organs = [o for o in ORGANS if o in per_method[methods[0]]]
+    organs = [o for o in ORGANS if o in per_method[methods[0]]] + \
+        [o for o in per_method[methods[0]] if o not in ORGANS and o not in ("soft_tissue", "bowel_gas")]
     table = {m: {o: round(float(np.mean(per_method[m][o])), 4) for o in organs} for m in methods}
     for m in methods:
         table[m]["mean"] = round(float(np.mean([table[m][o] for o in organs])), 4)

@@ -52,7 +52,7 @@ class NetworkConfig(StrictModel):
 
 class DataConfig(StrictModel):
     spacing: list[float] | None = [2.0, 2.0, 3.0]
-    hu_window: list[float] = [-1000.0, 1000.0]
+    hu_window: list[float] = [-300.0, 400.0]
     patch_size: list[int] = [64, 64, 32]
     batch_size: int = 2
     foreground_fraction: float = 0.8
