@@ -54,7 +54,7 @@ ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "vertebrae", "aorta"
 
 
 class PhantomSettings(StrictModel):
-    """How many phantoms of what size; seeds of the three sets never overlap."""
+    """How many phantoms of what size; the seeds of the four sets never overlap."""
 
     shape: tuple[int, int, int] = (64, 64, 32)
     spacing: tuple[float, float, float] = (3.0, 3.0, 4.5)

@@ -469,12 +469,17 @@ def _real_section(report: Report, fig_dir: Path, stages, sample_dir: Path) -> No
     for cid, case in result.outputs.get("cases", {}).items():
         try:
             mask = read_volume(case["mask"], kind="label")
+            names = _mask_names(case["mask"], {})
             ids, counts = np.unique(mask.array, return_counts=True)
-            names = json.loads(Path(case["mask"]).with_suffix("").with_suffix(".json").read_text()) \
-                if Path(case["mask"]).with_suffix("").with_suffix(".json").exists() else {}
-            found = ", ".join(f"{names.get(str(i), i)} ({c})" for i, c in zip(ids, counts) if i != 0) or "nothing"
-            report.paragraph(f"`{case['mr']}`: voxels per label: {found}.")
-            report.figure(real_mr_figure(fig_dir / f"real_{cid}.png", case), f"{cid}: MR, synthetic CT, mask on the MR.")
+            voxel_ml = float(np.prod(mask.spacing)) / 1000.0
+            found = ", ".join(f"{names.get(int(i), int(i))} ({c * voxel_ml:.0f} ml)" for i, c in zip(ids, counts)
+                              if i != 0) or "nothing"
+            mr = read_volume(case["mr"])
+            report.paragraph(f"`{case['mr']}` ({'x'.join(map(str, mr.shape))} voxels, "
+                             f"{'x'.join(f'{s:g}' for s in mr.spacing)} mm, stored {mr.orientation}): the mask "
+                             f"`{Path(case['mask']).name}` is written on this exact grid. Volumes found: {found}.")
+            report.figure(real_mr_figure(fig_dir / f"real_{cid}.png", case),
+                          f"{cid}: MR, synthetic CT and the chain's mask, three planes (radiological display).")
         except Exception as exc:  # noqa: BLE001
             log.warning("could not draw the real-data figure for %s: %s", cid, exc)
 
