@@ -570,7 +570,7 @@ def mlflow_summary(tracker) -> dict:
         client = MlflowClient(tracking_uri=tracker.tracking_uri)
         runs = client.search_runs([tracker.run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-        info["runs"] = [{"name": "demo", "run_id": tracker.run_id, "parent": None, "status": "RUNNING"}]
+        info["runs"] = [{"name": "demo", "run_id": tracker.run_id, "parent": None, "status": "parent run"}]
         info["runs"] += [{"name": r.info.run_name, "run_id": r.info.run_id, "parent": tracker.run_id,
                           "status": r.info.status} for r in sorted(runs, key=lambda r: r.info.start_time)]
         run_ids = {r["run_id"] for r in info["runs"]}
