@@ -78,8 +78,8 @@ def test_metrics_file_holds_sensible_values(demo_dir):
     for method, values in sct.items():
         assert math.isfinite(values["mae_hu"]) and values["mae_hu"] > 0
         assert -1.0 <= values["ssim"] <= 1.0
-    # a trained translator's synthetic CT is much closer to the true CT than the normalised MR
-    assert sct["chain"]["mae_hu"] < 0.6 * sct["none"]["mae_hu"]
+    # a trained translator's synthetic CT is closer to the true CT than either baseline's image
+    assert sct["chain"]["mae_hu"] < min(sct["none"]["mae_hu"], sct["histogram"]["mae_hu"])
     # generated volumes exist with their datalist
     datalist = json.loads((demo_dir / "generated" / "datalist.json").read_text())
     entries = datalist["training"] if isinstance(datalist, dict) else datalist
