@@ -24,7 +24,7 @@ def register(sub) -> None:
     add_config(parser, "demo/full (demo/quick with --quick)")
     parser.add_argument("--sample-data", default=os.environ.get("MEDGEN_SAMPLE_DATA"), metavar="DIR",
                         help="folder of real volumes (e.g. ../shared/data/totalsegmentator): also run the chain on "
-                             "its MR scans (default: $MEDGEN_SAMPLE_DATA)")
+                             "its MR scans; taken from the MEDGEN_SAMPLE_DATA environment variable when set")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.set_defaults(handler=run)
 
