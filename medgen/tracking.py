@@ -167,6 +167,9 @@ def start_run(run_name: str, *, output_dir: str | Path, experiment: str = "medge
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     nested = mlflow.active_run() is not None
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to the environment; remember the
+    # user's own value so a later pipeline in this process does not inherit this run's store.
+    users_env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not nested:
         uri = default_tracking_uri(output_dir)
         mlflow.set_tracking_uri(uri)
@@ -175,10 +178,13 @@ def start_run(run_name: str, *, output_dir: str | Path, experiment: str = "medge
     else:
         uri = mlflow.get_tracking_uri()
         experiment_id = mlflow.active_run().info.experiment_id
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested,
-                          tags={"medgen.pipeline": run_name, **(tags or {})}) as run:
-        tracker = Tracker(run, uri)
-        yield tracker
+    try:
+        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested,
+                              tags={"medgen.pipeline": run_name, **(tags or {})}) as run:
+            yield Tracker(run, uri)
+    finally:
+        if not nested:
+            mlflow.set_tracking_uri(users_env_uri)  # None unsets it again
 
 
 def write_run_info(output_dir: str | Path, tracker: Tracker) -> None:

@@ -29,6 +29,17 @@ def sample_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_mlflow(tmp_path, monkeypatch):
-    """Never let a test write to a developer's real tracking server."""
+def _isolated_mlflow(monkeypatch):
+    """Never let a test write to a developer's real tracking server, nor leak MLflow state.
+
+    MLflow keeps the tracking URI and the active run in process globals; a test that fails
+    inside a run (or sets a URI) must not change where the next test logs.
+    """
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    import sys
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)  # back to "not set" (also clears the env var MLflow exported)
