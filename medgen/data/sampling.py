@@ -53,11 +53,11 @@ def body_mask(array: np.ndarray, *, threshold: float | None = None) -> np.ndarra
     """
     array = np.asarray(array, dtype=np.float32)
     if threshold is None:
-        from skimage.filters import threshold_otsu
+        from medgen.transforms.body_mask import otsu_threshold
         finite = array[np.isfinite(array)]
         if finite.size == 0 or finite.min() == finite.max():
             return np.zeros(array.shape, bool)
-        threshold = float(threshold_otsu(finite[:: max(1, finite.size // 2_000_000)]))
+        threshold = otsu_threshold(finite[:: max(1, finite.size // 2_000_000)])
     mask = array > threshold
     mask = ndimage.binary_opening(mask, iterations=1) if mask.any() else mask
     labels, n = ndimage.label(mask)
