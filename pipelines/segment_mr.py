@@ -10,18 +10,15 @@ DICOM SEG (DICOM input) and a QC picture. A batch also writes ``segment_mr_summa
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
-import shutil
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from medgen.errors import InputError, MedgenError, OutputError
+from medgen.errors import InputError, OutputError
 from medgen.io.readers import VOLUME_SUFFIXES
+from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +47,6 @@ class CaseOutputs:
     sct: Path | None = None
     dicom_seg: Path | None = None
     qc: Path | None = None
-
-
-@dataclass
-class CaseReport:
-    case_id: str
-    input: str
-    status: str  # ok | skipped | failed
-    outputs: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    labels_found: list = field(default_factory=list)
-    error: str | None = None
 
 
 def labels_json_path(mask_path: Path) -> Path:
@@ -166,45 +152,10 @@ def _case_files(outputs: CaseOutputs) -> list[Path]:
     return [p for p in (outputs.sct, outputs.qc, outputs.dicom_seg, outputs.mask, outputs.labels_json) if p is not None]
 
 
-def _run_case(args) -> CaseReport:
-    """One scan of a batch; a hidden ``.<case>.in_progress`` marker makes ``kill -9`` recoverable.
-
-    The marker exists exactly while the scan's outputs are being written. A rerun that finds it
-    knows the outputs present are the partial work of an interrupted run (not someone else's
-    files) and removes them before starting again; a scan that fails removes what it wrote.
-    """
-    case_id, path, outputs, options = args
-    marker = outputs.mask.with_name(f".{case_id}.in_progress")
-    if marker.exists():
-        log.info("%s: an earlier run was interrupted on this scan; redoing it", case_id)
-        for leftover in _case_files(outputs):
-            leftover.unlink(missing_ok=True)
-            for tmp in leftover.parent.glob(f".{glob.escape(leftover.name)}.*.tmp*"):  # torn atomic writes
-                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    before = {p for p in _case_files(outputs) if p.exists()}
-    marker.touch()
-    ok = False
-    try:
-        report = segment_one(Path(path), outputs, options, case_id=case_id)
-        ok = True
-        return report
-    except MedgenError as exc:
-        log.error("%s: %s", case_id, exc.one_line())
-        return CaseReport(case_id, str(path), "failed", error=exc.one_line())
-    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the batch
-        log.error("%s: unexpected %s: %s", case_id, type(exc).__name__, exc)
-        log.debug("%s", traceback.format_exc())
-        return CaseReport(case_id, str(path), "failed", error=f"{type(exc).__name__}: {exc}")
-    finally:
-        if not ok:  # failed: no partial outputs that could look complete
-            for partial in set(_case_files(outputs)) - before:
-                partial.unlink(missing_ok=True)
-        marker.unlink(missing_ok=True)
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
+def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
+    """Batch work function (:mod:`medgen.pipelines.batch`): one scan, outputs and options in ``payload``."""
+    outputs, options = payload
+    return segment_one(path, outputs, options, case_id=case_id)
 
 
 def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptions, *, save_sct: str | None = None,
@@ -245,39 +196,18 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     cases = collect_inputs(inputs)
     if not cases:
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
-    todo, reports = [], []
+    jobs = []
     for case in cases:
         outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),
                               dicom_ok=is_dicom_input(Path(case.path)))
         if dicom_seg and outs.dicom_seg is None:
             log.warning("%s: not a DICOM series; no DICOM SEG written", case.case_id)
-        done = outs.labels_json.exists() and outs.mask.exists()
-        if done and not options.overwrite:
-            reports.append(CaseReport(case.case_id, str(case.path), "skipped", {"mask": str(outs.mask)}))
-            continue
-        todo.append((case.case_id, str(case.path), outs, options))
-    log.info("%d scans: %d to do, %d already done", len(cases), len(todo), len(reports))
-    start = time.perf_counter()
-    if workers <= 1 or len(todo) <= 1:
-        from medgen.progress import progress
-        for item in progress(todo, desc="segment-mr", unit="scan"):
-            reports.append(_run_case(item))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(threads,)) as pool:
-            reports += list(pool.map(_run_case, todo))
-    summary = {"n_scans": len(cases), "ok": sum(r.status == "ok" for r in reports),
-               "skipped": sum(r.status == "skipped" for r in reports),
-               "failed": sum(r.status == "failed" for r in reports), "seconds": round(time.perf_counter() - start, 2),
-               "translator": str(options.translator), "segmenter": str(options.segmenter),
-               "cases": [asdict(r) for r in reports]}
-    from medgen.io.atomic import write_text_atomic
-    write_text_atomic(output / "segment_mr_summary.json", json.dumps(summary, indent=1, default=str))
-    log.info("batch: %d ok, %d skipped, %d failed (summary in %s)", summary["ok"], summary["skipped"],
-             summary["failed"], output / "segment_mr_summary.json")
+        jobs.append(BatchJob(case.case_id, str(case.path), files=_case_files(outs),
+                             done=[outs.mask, outs.labels_json], fn=_segment_case, payload=(outs, options),
+                             outputs_when_done={"mask": str(outs.mask)}))
+    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment-mr")
+    write_summary(output / "segment_mr_summary.json", reports, seconds=seconds,
+                  translator=str(options.translator), segmenter=str(options.segmenter))
     return reports
 
 

@@ -1,22 +1,35 @@
-"""Pipeline: translate one MR file or DICOM series to a synthetic CT file (HU, MR grid).
+"""Pipeline: translate MR files or DICOM series to synthetic CT files (HU, MR grid).
 
 Read -> :func:`medgen.inference.translate.translate_volume` (preprocess, translate, invert) ->
 write atomically beside nothing it read. Used by ``medgen translate``.
+
+One scan: :func:`translate_file`. Many scans (``-i`` a folder / manifest / several inputs, ``-o``
+a folder): :func:`translate_batch` writes ``<case>_sct.nii.gz`` per scan through the shared batch
+machinery (:mod:`medgen.pipelines.batch`): failures are isolated and reported, finished scans are
+skipped on rerun, ``--workers N`` processes hold one scan each, and ``translate_summary.json``
+records every case.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 
 log = logging.getLogger(__name__)
 
+SUMMARY_NAME = "translate_summary.json"
 
-def translate_file(mr_path: str | Path, out_path: str | Path, model: str | Path, *, device: str = "auto",
+
+def translate_file(mr_path: str | Path, out_path: str | Path, model, *, device: str = "auto",
                    precision: str = "auto", overwrite: bool = False, series_uid: str | None = None,
                    mask_background: bool | None = None) -> Path:
     """Translate ``mr_path`` with ``model`` and write the synthetic CT to ``out_path``.
+
+    ``model``: a run dir, bundle dir, MLflow URI or a loaded ``Translator`` (load once for many scans).
 
     Raises:
         OutputError: ``out_path`` exists (without ``overwrite``) or is one of the inputs.
@@ -39,3 +52,83 @@ def translate_file(mr_path: str | Path, out_path: str | Path, model: str | Path,
     path = write_volume(sct, out_path, overwrite=overwrite, inputs=(mr_path,))
     log.info("wrote %s", path)
     return Path(path)
+
+
+_MODELS: dict = {}
+
+
+def _cached_translator(model: str | Path):
+    """The translator, loaded once per process (a batch worker translates many scans)."""
+    from medgen.inference.translate import load_translator
+    if _MODELS.get("key") != str(model):
+        _MODELS.clear()
+        _MODELS.update(key=str(model), translator=load_translator(model))
+    return _MODELS["translator"]
+
+
+@dataclass
+class TranslateOptions:
+    """How every scan of a batch is translated (picklable: sent to the worker processes)."""
+
+    model: str
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    series_uid: str | None = None
+    mask_background: bool | None = None
+
+
+def _translate_case(path: Path, files: list[Path], options: TranslateOptions, *, case_id: str) -> CaseReport:
+    """Batch work function (:mod:`medgen.pipelines.batch`): one scan to ``files[0]``."""
+    start = time.perf_counter()
+    out = translate_file(path, files[0], _cached_translator(options.model), device=options.device, precision=options.precision,
+                         overwrite=options.overwrite, series_uid=options.series_uid,
+                         mask_background=options.mask_background)
+    return CaseReport(case_id, str(path), "ok", {"sct": str(out)},
+                      {"total": round(time.perf_counter() - start, 3)})
+
+
+def translate_batch(inputs: list[str | Path], output: str | Path, options: TranslateOptions, *,
+                    workers: int = 1) -> list[CaseReport]:
+    """Translate every scan of ``inputs`` into the folder ``output`` (``<case>_sct.nii.gz``).
+
+    Args:
+        inputs: MR files, DICOM series folders, folders of scans or a manifest CSV.
+        output: the output folder (created); also receives ``translate_summary.json``.
+        options: model and runtime settings shared by all scans.
+        workers: parallel worker processes (each holds one scan at a time).
+
+    Returns:
+        One report per scan: ``ok``, ``skipped`` (output already there) or ``failed`` (with the error).
+
+    Raises:
+        InputError: no scans found. OutputError: ``output`` is an existing file.
+        ModelError: the model cannot be loaded (checked once, before any scan).
+    """
+    from medgen.data.inputs import collect_inputs
+    from medgen.errors import InputError, OutputError
+    from medgen.io.atomic import ensure_writable_dir
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
+    cases = collect_inputs(inputs)
+    if not cases:
+        raise InputError("no scans found", path=", ".join(map(str, inputs)))
+    try:
+        _cached_translator(options.model)  # a bad model is one error up front, not one per scan
+        ensure_writable_dir(output)
+        return _run_translate_jobs(cases, output, options, workers)
+    finally:
+        _MODELS.clear()  # the next batch in this process reloads (the bundle may have changed)
+
+
+def _run_translate_jobs(cases, output: Path, options: TranslateOptions, workers: int) -> list[CaseReport]:
+    jobs = []
+    for case in cases:
+        sct = output / f"{case.case_id}_sct.nii.gz"
+        jobs.append(BatchJob(case.case_id, str(case.path), files=[sct], done=[sct], fn=_translate_case,
+                             payload=options, outputs_when_done={"sct": str(sct)}))
+    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="translate")
+    write_summary(output / SUMMARY_NAME, reports, seconds=seconds, model=str(options.model))
+    return reports

@@ -1,0 +1,194 @@
+"""Batch machinery shared by the per-case commands (``segment-mr``, ``translate``).
+
+A batch is a list of independent cases, each with its own output files. This module runs them
+one at a time or in a process pool and gives every command the same guarantees:
+
+* failure isolation: a case that raises is recorded as ``failed`` (with a one-line message)
+  and the batch goes on; a worker process that dies (killed, out of memory) fails only the
+  cases it had not finished, and the summary is still written;
+* resume: a case whose done files all exist is ``skipped`` (unless ``overwrite``);
+* no partial outputs: a hidden ``.<case>.in_progress`` marker exists while a case writes, so a
+  rerun after ``kill -9`` removes that case's leftovers and redoes it; a failed case removes
+  what it wrote;
+* bounded memory: each worker holds one case at a time;
+* a summary JSON in the output folder (counts, seconds, one entry per case).
+
+The work function must be a module-level function (picklable for the ``spawn`` pool) with the
+signature ``fn(input_path, files, payload, case_id=...) -> CaseReport``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medgen.errors import MedgenError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CaseReport", "BatchJob", "run_batch", "run_job", "write_summary"]
+
+
+@dataclass
+class CaseReport:
+    """What happened to one case of a batch (``status``: ``ok`` | ``skipped`` | ``failed``)."""
+
+    case_id: str
+    input: str
+    status: str
+    outputs: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    labels_found: list = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class BatchJob:
+    """One case of a batch.
+
+    Attributes:
+        case_id: names the outputs and the in-progress marker.
+        input: the case's input path.
+        files: every output file the case may write (removed on failure or after an interruption).
+        done: the files whose presence means the case finished (written last by ``fn``).
+        fn: module-level work function, ``fn(input, files, payload, case_id=...) -> CaseReport``.
+        payload: anything picklable ``fn`` needs (outputs, options).
+        outputs_when_done: the ``outputs`` of the report when the case is skipped as done.
+    """
+
+    case_id: str
+    input: str
+    files: list[Path]
+    done: list[Path]
+    fn: Callable[..., CaseReport]
+    payload: Any = None
+    outputs_when_done: dict = field(default_factory=dict)
+
+    @property
+    def marker(self) -> Path:
+        return self.done[0].with_name(f".{self.case_id}.in_progress")
+
+    def is_done(self) -> bool:
+        return all(p.exists() for p in self.done)
+
+
+def _remove_leftovers(job: BatchJob) -> None:
+    for leftover in job.files:
+        leftover.unlink(missing_ok=True)
+        for tmp in leftover.parent.glob(f".{glob.escape(leftover.name)}.*.tmp*"):  # torn atomic writes
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def run_job(job: BatchJob) -> CaseReport:
+    """Run one case; never raises for a bad case (the report says ``failed``).
+
+    The marker exists exactly while the case's outputs are being written. A rerun that finds it
+    knows the outputs present are the partial work of an interrupted run (not someone else's
+    files) and removes them before starting again; a case that fails removes what it wrote.
+    """
+    if job.marker.exists():
+        log.info("%s: an earlier run was interrupted on this case; redoing it", job.case_id)
+        _remove_leftovers(job)
+    before = {p for p in job.files if p.exists()}
+    job.marker.touch()
+    ok = False
+    try:
+        report = job.fn(Path(job.input), job.files, job.payload, case_id=job.case_id)
+        ok = True
+        return report
+    except MedgenError as exc:
+        log.error("%s: %s", job.case_id, exc.one_line())
+        return CaseReport(job.case_id, job.input, "failed", error=exc.one_line())
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+        log.error("%s: unexpected %s: %s", job.case_id, type(exc).__name__, exc)
+        log.debug("%s", traceback.format_exc())
+        return CaseReport(job.case_id, job.input, "failed", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if not ok:  # failed: no partial outputs that could look complete
+            for partial in set(job.files) - before:
+                partial.unlink(missing_ok=True)
+        job.marker.unlink(missing_ok=True)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+_DIED = ("a worker process died (killed or out of memory) before this case finished; "
+         "rerun the same command to redo it")
+
+
+def _run_pool(todo: list[BatchJob], workers: int, desc: str) -> list[CaseReport]:
+    """Run ``todo`` in ``workers`` spawned processes; a dead worker fails its unfinished cases."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medgen.progress import progress
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    reports: dict[int, CaseReport] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_job, job): i for i, job in enumerate(todo)}
+        bar = progress(total=len(todo), desc=desc, unit="case")
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                job = todo[i]
+                try:
+                    reports[i] = future.result()
+                except BrokenProcessPool:  # this and every unfinished case: the pool is gone
+                    log.error("%s: %s", job.case_id, _DIED)
+                    reports[i] = CaseReport(job.case_id, job.input, "failed", error=_DIED)
+                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                    reports[i] = CaseReport(job.case_id, job.input, "failed", error=f"{type(exc).__name__}: {exc}")
+                bar.update(1)
+        finally:
+            bar.close()
+    for i, job in enumerate(todo):  # defensive: every case gets a report
+        if i not in reports:
+            reports[i] = CaseReport(job.case_id, job.input, "failed", error=_DIED)
+    return [reports[i] for i in range(len(todo))]
+
+
+def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False,
+              desc: str = "batch") -> tuple[list[CaseReport], float]:
+    """Run the cases not already done; returns all reports (skipped ones first) and the seconds spent."""
+    todo, reports = [], []
+    for job in jobs:
+        if job.is_done() and not overwrite:
+            reports.append(CaseReport(job.case_id, job.input, "skipped", dict(job.outputs_when_done)))
+        else:
+            todo.append(job)
+    log.info("%d cases: %d to do, %d already done", len(jobs), len(todo), len(reports))
+    start = time.perf_counter()
+    if workers <= 1 or len(todo) <= 1:
+        from medgen.progress import progress
+        for job in progress(todo, desc=desc, unit="case"):
+            reports.append(run_job(job))
+    else:
+        reports += _run_pool(todo, workers, desc)
+    return reports, time.perf_counter() - start
+
+
+def write_summary(path: Path, reports: list[CaseReport], *, seconds: float, **extra) -> dict:
+    """Write the batch summary JSON atomically (counts, seconds, ``extra``, one entry per case)."""
+    from medgen.io.atomic import write_text_atomic
+    summary = {"n_scans": len(reports), "ok": sum(r.status == "ok" for r in reports),
+               "skipped": sum(r.status == "skipped" for r in reports),
+               "failed": sum(r.status == "failed" for r in reports), "seconds": round(seconds, 2),
+               **extra, "cases": [asdict(r) for r in reports]}
+    write_text_atomic(path, json.dumps(summary, indent=1, default=str))
+    log.info("batch: %d ok, %d skipped, %d failed (summary in %s)", summary["ok"], summary["skipped"],
+             summary["failed"], path)
+    return summary

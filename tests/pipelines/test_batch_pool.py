@@ -1,0 +1,53 @@
+"""The shared batch runner: a crashed worker process fails its case, the rest still report."""
+
+import os
+from pathlib import Path
+
+from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+
+
+def _work(path: Path, files, payload, *, case_id: str) -> CaseReport:
+    if payload == "crash":
+        os._exit(3)  # a worker killed outright (like the OOM killer): no exception, no report
+    if payload == "raise":
+        raise ValueError(f"cannot read {path.name}")
+    files[0].write_text(case_id)
+    return CaseReport(case_id, str(path), "ok", {"out": str(files[0])})
+
+
+def _jobs(tmp_path, kinds):
+    jobs = []
+    for name, kind in kinds.items():
+        out = tmp_path / f"{name}.txt"
+        jobs.append(BatchJob(name, str(tmp_path / f"{name}.in"), files=[out], done=[out], fn=_work, payload=kind))
+    return jobs
+
+
+def test_sequential_batch_isolates_failures_and_skips_done_cases(tmp_path):
+    reports, _ = run_batch(_jobs(tmp_path, {"a": "ok", "b": "raise"}), workers=1)
+    assert {r.case_id: r.status for r in reports} == {"a": "ok", "b": "failed"}
+    assert "b.in" in next(r for r in reports if r.case_id == "b").error
+    reports, _ = run_batch(_jobs(tmp_path, {"a": "ok", "b": "ok"}), workers=1)
+    assert {r.case_id: r.status for r in reports} == {"a": "skipped", "b": "ok"}
+    summary = write_summary(tmp_path / "s.json", reports, seconds=1.0, tool="x")
+    assert (summary["ok"], summary["skipped"], summary["failed"], summary["tool"]) == (1, 1, 0, "x")
+
+
+def test_a_crashed_worker_fails_its_case_and_the_batch_still_reports(tmp_path):
+    jobs = _jobs(tmp_path, {"crash": "crash", "b": "ok", "c": "ok"})
+    reports, _ = run_batch(jobs, workers=2)
+    status = {r.case_id: r.status for r in reports}
+    assert set(status) == {"crash", "b", "c"}  # every case has a report, none was lost
+    assert status["crash"] == "failed"
+    crashed = next(r for r in reports if r.case_id == "crash")
+    assert "rerun" in crashed.error
+    assert not (tmp_path / "crash.txt").exists()
+    # cases the dead pool did not finish are failed (rerun redoes them), finished ones kept
+    for name in ("b", "c"):
+        assert status[name] == "ok" or (status[name] == "failed" and "rerun" in next(
+            r for r in reports if r.case_id == name).error)
+    # the rerun (crash fixed) skips what finished and redoes the rest, cleaning the stale marker
+    reports, _ = run_batch(_jobs(tmp_path, {"crash": "ok", "b": "ok", "c": "ok"}), workers=1)
+    assert all(r.status in ("ok", "skipped") for r in reports)
+    assert {r.case_id for r in reports if r.status == "ok"} >= {"crash"}
+    assert not list(tmp_path.glob(".*in_progress"))
