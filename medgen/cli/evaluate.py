@@ -1,4 +1,4 @@
-"""``medgen evaluate segmentation|translation``: metrics of a prediction against a reference."""
+"""``medgen evaluate segmentation|translation|generator``: metrics of predictions against references."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def register(sub) -> None:
     tr.add_argument("-o", "--output", default=None, metavar="OUT", help=".json or .csv (default: JSON on stdout)")
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(handler=run_translation)
+    gen = subparser(kinds, "generator", "realism of generated volumes: per-label Wasserstein distance and a "
+                    "Frechet distance (fixed seeded random-conv features)",
+                    "medgen evaluate generator --generated synth/ --real-images ct/ --real-labels seg/ -o realism.json")
+    gen.add_argument("--generated", required=True, metavar="DIR", help="a folder written by medgen generate")
+    gen.add_argument("--real-images", required=True, nargs="+", metavar="IMG", help="real images (files or folders)")
+    gen.add_argument("--real-labels", required=True, nargs="+", metavar="LBL", help="their label maps")
+    gen.add_argument("-o", "--output", default=None, metavar="OUT.json", help="JSON file (default: stdout)")
+    gen.add_argument("--overwrite", action="store_true")
+    gen.set_defaults(handler=run_generator)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
@@ -48,4 +57,18 @@ def run_translation(args) -> int:
     text = write_report(report, args.output, overwrite=args.overwrite)
     if args.output is None:
         print(text)
+    return 0
+
+
+def run_generator(args) -> int:
+    import json
+
+    from medgen.io.atomic import check_output_path, write_text_atomic
+    from medgen.pipelines.generate import realism_report
+    report = realism_report(args.generated, args.real_images, args.real_labels)
+    text = json.dumps(report, indent=2)
+    if args.output is None:
+        print(text)
+    else:
+        write_text_atomic(check_output_path(args.output, overwrite=args.overwrite), text)
     return 0

@@ -157,3 +157,8 @@ def test_realism_report_compares_a_generated_folder_with_real_data(ct_bundle, tm
     assert set(report["wasserstein"]) >= {"fat", "liver", "vertebrae"}
     assert all(0 <= v < 500 for v in report["wasserstein"].values())
     assert report["frechet_random_conv"] >= 0
+    from medgen.cli import main
+    out = tmp_path / "realism.json"
+    assert main(["evaluate", "generator", "--generated", str(tmp_path / "gen"), "--real-images",
+                 str(tmp_path / "img"), "--real-labels", str(tmp_path / "lbl"), "-o", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["wasserstein"] == pytest.approx(report["wasserstein"])
