@@ -14,3 +14,23 @@ def add_training_args(parser, default_config: str) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override the configured seed")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=False)
+
+
+def finish_batch(reports, output_key: str) -> int:
+    """Print each finished case's output path, log a one-line summary of failures; the exit code.
+
+    Args:
+        reports: the ``CaseReport`` list a batch pipeline returns.
+        output_key: which of a report's outputs to print (e.g. ``"mask"``, ``"sct"``).
+    """
+    import logging
+
+    failed = [r for r in reports if r.status == "failed"]
+    for r in reports:
+        if r.status == "ok":
+            print(r.outputs.get(output_key))
+    if failed:
+        logging.getLogger("medgen").error("%d of %d scans failed: %s", len(failed), len(reports),
+                                          "; ".join(f"{r.case_id}: {r.error}" for r in failed[:5]))
+        return 1
+    return 0

@@ -51,13 +51,5 @@ def run(args) -> int:
                            series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta)
     reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,
                          dicom_seg=args.dicom_seg, workers=args.workers)
-    failed = [r for r in reports if r.status == "failed"]
-    for r in reports:
-        if r.status == "ok":
-            print(r.outputs.get("mask"))
-    if failed:
-        import logging
-        logging.getLogger("medgen").error("%d of %d scans failed: %s", len(failed), len(reports),
-                                          "; ".join(f"{r.case_id}: {r.error}" for r in failed[:5]))
-        return 1
-    return 0
+    from medgen.cli.common import finish_batch
+    return finish_batch(reports, "mask")

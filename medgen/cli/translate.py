@@ -46,13 +46,5 @@ def run(args) -> int:
     options = TranslateOptions(model=args.model, device=args.device, precision=args.precision,
                                overwrite=args.overwrite, series_uid=args.series_uid, mask_background=mask_background)
     reports = translate_batch(args.input, args.output, options, workers=args.workers)
-    failed = [r for r in reports if r.status == "failed"]
-    for r in reports:
-        if r.status == "ok":
-            print(r.outputs.get("sct"))
-    if failed:
-        import logging
-        logging.getLogger("medgen").error("%d of %d scans failed: %s", len(failed), len(reports),
-                                          "; ".join(f"{r.case_id}: {r.error}" for r in failed[:5]))
-        return 1
-    return 0
+    from medgen.cli.common import finish_batch
+    return finish_batch(reports, "sct")
