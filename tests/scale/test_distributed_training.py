@@ -20,7 +20,7 @@ import torch
 from medgen.cli import main
 from medgen.training import distributed
 from medgen.training.checkpoint import load_latest_checkpoint
-from medgen.training.loop import LoopSettings, read_history, run_training
+from medgen.training.loop import LoopSettings, flatten_tensors, read_history, run_training
 
 # A translator small enough for a few CPU steps per second (phantoms at 4 x 4 x 6 mm).
 TINY_TRANSLATOR = ["-c", "translator/cyclegan_2d", "--device", "cpu",
@@ -68,19 +68,6 @@ def _sub(state: dict, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
-def _flat(value, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    if isinstance(value, torch.Tensor):
-        out[prefix] = value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            out.update(_flat(v, f"{prefix}.{i}"))
-    return out
-
-
 @pytest.fixture
 def one_thread():
     """One thread in-process too: a loaded 2-core machine makes 2-thread OpenMP steps crawl."""
@@ -117,7 +104,7 @@ def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_t
     # rank 0 alone wrote: one checkpoint per saved step (with both ranks' local state), one MLflow run
     ckpt = load_latest_checkpoint(run_dir / "checkpoints")
     assert ckpt["step"] == 3 and len(ckpt["ranks"]) == 2
-    saved = _flat(ckpt["task"])
+    saved = flatten_tensors(ckpt["task"])
     for key, value in rep0.items():
         assert torch.equal(saved[key], value), f"checkpoint {key} is not rank 0's"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.json", "step_00000002.pt",
@@ -136,7 +123,7 @@ def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_t
     resumed = load_latest_checkpoint(run_dir / "checkpoints")
     assert resumed["step"] == 5 and len(resumed["ranks"]) == 1
     assert [r["step"] for r in read_history(run_dir) if r["phase"] == "train"] == [1, 2, 3, 4, 5]
-    assert any(not torch.equal(_flat(resumed["task"])[k], v) for k, v in rep0.items() if k.startswith("nets."))
+    assert any(not torch.equal(flatten_tensors(resumed["task"])[k], v) for k, v in rep0.items() if k.startswith("nets."))
     assert (run_dir / "bundle").is_dir()
 
 
