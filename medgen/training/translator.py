@@ -91,6 +91,9 @@ class DataConfig(StrictModel):
     patch_size: list[int] = Field(default_factory=lambda: [128, 128])
     batch_size: int = Field(2, ge=1)
     foreground_prob: float = Field(0.9, ge=0, le=1)
+    intensity_balance: float = Field(0.0, ge=0, le=1, description=(
+        "0..1: draw body centres tempered towards rare intensities (bin of n voxels drawn ∝ n**(1-b)); "
+        "0 = uniform over body voxels. Rare tissue such as bone is otherwise seen ~1-2% of the time."))
     flip: bool = True
     mr_gamma: list[float] | None = Field(default_factory=lambda: [0.8, 1.25])
 
@@ -271,9 +274,10 @@ class TranslatorTask:
         seed = config.seed + 1000 * distributed.rank()  # each rank draws different samples
         common = {"spatial_dims": m.spatial_dims, "patch_size": d.patch_size, "context": m.context,
                   "foreground_prob": d.foreground_prob, "flip_axes": (0,) if d.flip else ()}
-        self.mr_sampler = VolumeSampler(mr_volumes, mr_masks, gamma_range=d.mr_gamma, seed=seed + 1, **common)
-        self.ct_sampler = VolumeSampler(ct_volumes, ct_masks, seed=seed + 2, **common)
-        # a fixed validation set for the unpaired (cycle) errors, from its own generator
+        balanced = dict(common, intensity_balance=d.intensity_balance)
+        self.mr_sampler = VolumeSampler(mr_volumes, mr_masks, gamma_range=d.mr_gamma, seed=seed + 1, **balanced)
+        self.ct_sampler = VolumeSampler(ct_volumes, ct_masks, seed=seed + 2, **balanced)
+        # a fixed validation set for the unpaired (cycle) errors, from its own generator (unbalanced)
         val_common = dict(common, flip_axes=())
         self.val_mr = VolumeSampler(mr_volumes, self.mr_sampler.masks, seed=seed + 3, **val_common).sample(train.val_samples)
         self.val_ct = VolumeSampler(ct_volumes, self.ct_sampler.masks, seed=seed + 4, **val_common).sample(train.val_samples)
