@@ -1,9 +1,11 @@
 """Pipeline: train a CT segmenter and export it as a bundle (one MLflow run).
 
-Read image/label pairs -> align grids -> remap labels (names, --include) -> prepare at the model's
-spacing and HU window -> patch training with the shared loop -> export ``RUN_DIR/bundle`` (kind
-``segmenter``: label names, input spacing/scaling, patch size and a CT reference histogram for
-the histogram-matching baseline) -> register it in MLflow as ``medgen-segmenter``.
+Read image/label pairs (real, plus optional synthetic ones from ``medgen generate``, sampled at
+``data.real_fraction``) -> align grids -> remap labels (names, --include) -> prepare at the
+model's spacing and HU window -> patch training with the shared loop -> export ``RUN_DIR/bundle``
+(kind ``segmenter``: label names, input spacing/scaling, patch size and a CT reference histogram of
+the real training CTs for the histogram-matching baseline) -> register it in MLflow as
+``medgen-segmenter``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def train_segmenter(
     include: list[str] | None = None,
     val_images: list[str | Path] | None = None,
     val_labels: list[str | Path] | None = None,
+    synthetic_images: list[str | Path] | None = None,
+    synthetic_labels: list[str | Path] | None = None,
     max_steps: int | None = None,
     resume: bool = False,
     device: str = "auto",
@@ -46,7 +50,10 @@ def train_segmenter(
             default: ``label_<id>`` for every id found.
         include: names / patterns of the labels to train on (others become background).
         val_images, val_labels: held-out pairs for validation Dice (else the last
-            ``data.val_cases`` cases, else fit on a training case).
+            ``data.val_cases`` real cases, else fit on a training case).
+        synthetic_images, synthetic_labels: generated pairs (e.g. ``medgen generate``'s
+            ``images``/``labels`` folders) trained on next to the real ones; the share of patches
+            drawn from real cases is ``data.real_fraction`` (``None``: every case equally often).
         max_steps: override ``train.steps``.
         resume: continue from the newest checkpoint in ``output``.
     """
@@ -57,8 +64,7 @@ def train_segmenter(
     from medgen.tracking import start_run, write_run_info
     from medgen.training import distributed
     from medgen.training.loop import LoopSettings, run_training
-    from medgen.training.segmenter import (SegmenterTask, body_quantiles, input_spec, pair_inputs, plan_labels,
-                                           prepare_case, read_label_names)
+    from medgen.training.segmenter import SegmenterTask, input_spec, pair_inputs, plan_labels, read_label_names
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -71,37 +77,39 @@ def train_segmenter(
 
     pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
     val_pairs = pair_inputs(collect_inputs(val_images), collect_inputs(val_labels)) if val_images else []
+    if bool(synthetic_images) != bool(synthetic_labels):
+        raise InputError("synthetic images and labels must be given together", path="--synthetic-images",
+                         fix="pass --synthetic-images and --synthetic-labels (e.g. OUT/images and OUT/labels)")
+    synth_pairs = (pair_inputs(collect_inputs(synthetic_images), collect_inputs(synthetic_labels))
+                   if synthetic_images else [])
+    if config.data.real_fraction is not None and not synth_pairs:
+        log.warning("data.real_fraction=%s has no effect without synthetic cases", config.data.real_fraction)
     if isinstance(label_names, dict):
         source_names = {int(k): str(v) for k, v in label_names.items()}
     elif label_names:
         source_names = read_label_names(label_names)
     else:  # no names given: name every id found in the label maps label_<id>
         ids = set()
-        for _, lab_case in pairs + val_pairs:
+        for _, lab_case in pairs + val_pairs + synth_pairs:
             ids |= {int(i) for i in np.unique(read_volume(lab_case.path, kind="label").array)}
         source_names = {0: "background", **{i: f"label_{i}" for i in sorted(ids) if i != 0}}
     plan = plan_labels(source_names, include)
     log.info("training classes: %s", plan.names)
     spec = input_spec(config)
 
-    cases, val_cases, quantiles = [], [], []
-    for group, target in ((pairs, cases), (val_pairs, val_cases)):
-        for img_case, lab_case in group:
-            image = read_volume(img_case.path)
-            label = read_volume(lab_case.path, kind="label")
-            target.append(prepare_case(img_case.case_id, image, label, spec, plan))
-            if target is cases:
-                quantiles.append(body_quantiles(image.array))
-            del image, label
+    cases, quantiles = _prepare_cases(pairs, spec, plan)
+    val_cases, _ = _prepare_cases(val_pairs, spec, plan)
     if not cases:
         raise InputError("no training cases", path="--images")
     if not val_cases and config.data.val_cases > 0:
         if config.data.val_cases >= len(cases):
             raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
         val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
+    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True)[0]
     for case in cases:
         present = sorted(int(c) for c in np.unique(case.label) if c)
-        log.info("case %s: grid %s, classes %s", case.case_id, case.image.shape, present)
+        log.info("case %s%s: grid %s, classes %s", case.case_id, " (synthetic)" * case.synthetic, case.image.shape,
+                 present)
 
     task = SegmenterTask(config, cases, val_cases, plan.names, device=dev, seed=seed)
     settings = LoopSettings(max_steps=config.train.steps, checkpoint_every=config.train.checkpoint_every,
@@ -109,14 +117,15 @@ def train_segmenter(
     manifest = output / "training_cases.csv"
     if distributed.is_main_process():
         rows = ["case_id,image,label,role"] + [f"{i.case_id},{i.path},{lab.path},train" for i, lab in pairs] + \
-               [f"{i.case_id},{i.path},{lab.path},val" for i, lab in val_pairs]
+               [f"{i.case_id},{i.path},{lab.path},val" for i, lab in val_pairs] + \
+               [f"{i.case_id},{i.path},{lab.path},synthetic" for i, lab in synth_pairs]
         manifest.write_text("\n".join(rows) + "\n")
     bundle_dir = output / "bundle"
     with start_run("train_segmenter", output_dir=output, enabled=mlflow) as tracker:
         tracker.log_config(config)
         tracker.log_manifest(manifest, name="segmenter-training")
         tracker.log_params({"label_names": json.dumps(plan.names)[:480], "n_train_cases": len(cases),
-                            "n_val_cases": len(val_cases)})
+                            "n_val_cases": len(val_cases), "n_synthetic_cases": len(synth_pairs)})
         last = run_training(task, output, settings, tracker=tracker, resume=resume)
         if distributed.is_main_process():
             extra = {"input": spec.to_dict(), "source_label_names": {str(k): v for k, v in plan.source_names.items()},
@@ -142,3 +151,17 @@ def train_segmenter(
             write_run_info(output, tracker)
     distributed.barrier()
     return bundle_dir
+
+
+def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False) -> tuple[list, list[np.ndarray]]:
+    """Read and prepare ``(image, label)`` case pairs; also each image's body HU quantiles."""
+    from medgen.io.readers import read_volume
+    from medgen.training.segmenter import body_quantiles, prepare_case
+    cases, quantiles = [], []
+    for img_case, lab_case in pairs:
+        image = read_volume(img_case.path)
+        label = read_volume(lab_case.path, kind="label")
+        cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic))
+        quantiles.append(body_quantiles(image.array))
+        del image, label
+    return cases, quantiles

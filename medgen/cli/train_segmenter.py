@@ -27,6 +27,12 @@ def register(trainers) -> None:
                              "NEW=PATTERN|PATTERN merge labels, e.g. vertebrae=vertebrae_*")
     parser.add_argument("--val-images", nargs="+", default=None, metavar="IMG", help="held-out validation CTs")
     parser.add_argument("--val-labels", nargs="+", default=None, metavar="LBL", help="their label maps")
+    parser.add_argument("--synthetic-images", nargs="+", default=None, metavar="IMG",
+                        help="synthetic CTs to train on next to --images (e.g. medgen generate's OUT/images); "
+                             "--set data.real_fraction=0.5 draws half the patches from the real cases "
+                             "(default: every case equally often)")
+    parser.add_argument("--synthetic-labels", nargs="+", default=None, metavar="LBL",
+                        help="their label maps (e.g. OUT/labels)")
     parser.set_defaults(handler=run)
 
 
@@ -42,7 +48,8 @@ def run(args) -> int:
     include = [s.strip() for s in args.include.split(",") if s.strip()] if args.include else None
     bundle = train_segmenter(config, images=args.images, labels=args.labels, output=args.output,
                              label_names=args.label_names, include=include, val_images=args.val_images,
-                             val_labels=args.val_labels, max_steps=args.max_steps, resume=args.resume,
+                             val_labels=args.val_labels, synthetic_images=args.synthetic_images,
+                             synthetic_labels=args.synthetic_labels, max_steps=args.max_steps, resume=args.resume,
                              device=args.device, mlflow=not args.no_mlflow)
     print(bundle)
     return 0

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from medgen.config import StrictModel
 from medgen.errors import InputError
@@ -57,6 +58,11 @@ class DataConfig(StrictModel):
     batch_size: int = 2
     foreground_fraction: float = 0.8
     val_cases: int = 0
+    #: share of training patches drawn from the real cases (``--images``) when synthetic cases
+    #: (``--synthetic-images``) are also given; ``None`` draws every case equally often. Pooling
+    #: 2 real cases with 16 synthetic ones shows the real anatomy only 11% of the time; a fixed
+    #: share (e.g. 0.5) keeps the real data in the mix whatever the synthetic set's size.
+    real_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class AugmentConfig(StrictModel):
@@ -218,6 +224,7 @@ class PreparedCase:
     case_id: str
     image: np.ndarray  # network input range, RAS at the model spacing
     label: np.ndarray  # class ids, same grid
+    synthetic: bool = False  # from a generator (--synthetic-images), not a real scan
 
 
 def align_label(image: Volume, label: Volume) -> Volume:
@@ -237,13 +244,14 @@ def align_label(image: Volume, label: Volume) -> Volume:
         path=label.name, fix="pass the label map that was made on this image (resample it onto the image first)")
 
 
-def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan) -> PreparedCase:
+def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan, *,
+                 synthetic: bool = False) -> PreparedCase:
     """Align, remap and bring a CT + label pair to the network's grid and intensity range."""
     label = align_label(image, label)
     remapped = label.with_array(plan.apply(label.array, label.name))
     prepared = NetworkSegmenter.prepare_image(image, spec)
     lab = resample_like(remapped, prepared, order=0)
-    return PreparedCase(case_id, prepared.array, lab.array.astype(np.uint8))
+    return PreparedCase(case_id, prepared.array, lab.array.astype(np.uint8), synthetic)
 
 
 def body_quantiles(hu: np.ndarray, threshold: float = -500.0, n: int = 101) -> np.ndarray:
@@ -271,6 +279,35 @@ def pair_inputs(images: list, labels: list) -> list[tuple]:
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * torch.rand((), generator=gen))
+
+
+class CaseSampler:
+    """Picks the training case of each patch: every case equally often, or real vs synthetic at a set rate.
+
+    With ``real_fraction=None`` (or when the cases are all real, or all synthetic) every case is
+    equally likely, exactly as before synthetic sources existed. Otherwise a patch comes from a
+    real case with probability ``real_fraction`` and from a synthetic one otherwise, uniformly
+    within the chosen source, so a small real set is not drowned by a large synthetic one.
+    Draws only from the given torch generator, so it is seeded and checkpointed with the task.
+
+    Examples:
+        >>> sampler = CaseSampler([False, True, True, True], real_fraction=0.5)
+        >>> sampler.real, sampler.synthetic
+        ([0], [1, 2, 3])
+    """
+
+    def __init__(self, synthetic: list[bool], real_fraction: float | None):
+        self.n = len(synthetic)
+        self.real = [i for i, s in enumerate(synthetic) if not s]
+        self.synthetic = [i for i, s in enumerate(synthetic) if s]
+        self.real_fraction = real_fraction if self.real and self.synthetic else None
+
+    def draw(self, gen: torch.Generator) -> int:
+        """Index of the next case."""
+        if self.real_fraction is None:
+            return int(torch.randint(self.n, (), generator=gen))
+        pool = self.real if float(torch.rand((), generator=gen)) < self.real_fraction else self.synthetic
+        return pool[int(torch.randint(len(pool), (), generator=gen))]
 
 
 def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
@@ -390,6 +427,7 @@ class SegmenterTask:
         from medgen.runtime import resolve_precision
         self.config = config
         self.cases = train_cases
+        self.sampler = CaseSampler([c.synthetic for c in train_cases], config.data.real_fraction)
         self.val_cases = val_cases
         self.label_names = label_names
         self.n_classes = max(label_names) + 1
@@ -413,7 +451,7 @@ class SegmenterTask:
         patch = tuple(cfg.data.patch_size)
         imgs, labs = [], []
         for _ in range(cfg.data.batch_size):
-            case = self.cases[int(torch.randint(len(self.cases), (), generator=self.gen))]
+            case = self.cases[self.sampler.draw(self.gen)]
             img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction)
             x = torch.from_numpy(img)[None, None]
             y = torch.from_numpy(lab.astype(np.int64))[None, None]
