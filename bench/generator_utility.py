@@ -10,14 +10,29 @@ Scenario: labelled CT is scarce (``--n-real`` phantom CTs, default 2). We
    fixed random conv net (:mod:`medgen.metrics.realism`), each next to the same number computed
    for the real training CTs (a real-vs-real baseline for scale),
 4. train the product's CT segmenter (``pipelines/train_segmenter.py``, same config and steps for
-   every arm) on real only, synthetic only, and real + synthetic (optionally also on
-   ``--n-rich`` real volumes, a data-rich reference), and report Dice per label on the held-out
-   real phantoms.
+   every arm) and report Dice per label on the held-out real phantoms. Arms (``--arms``):
 
-Prints one JSON document on stdout (logs go to stderr). Takes about 10-15 minutes on 2 CPU
-cores with the defaults; run it in the background::
+   * ``real_only``: the ``--n-real`` real CTs;
+   * ``synthetic_only``: the synthetic CTs alone;
+   * ``real_plus_synthetic``: real CTs as ``--images`` plus the synthetic ones as
+     ``synthetic_images``, with ``data.real_fraction=--real-fraction`` (share of training
+     patches drawn from the real cases; 0.5 by default, fixed before looking at any result);
+   * ``real_plus_synthetic_pooled``: the naive alternative, both folders pooled and every case
+     drawn equally often (2 real among 16 synthetic: real patches only 11% of the time);
+   * ``real_rich_N`` (with ``--n-rich N``): a data-rich real reference. It is also the check
+     that the segmenter trains long enough to be data-limited: it must clearly beat
+     ``real_only``, else the comparison measures the step budget rather than the data.
 
-    nohup python bench/generator_utility.py --out /tmp/gen_bench > gen_bench.json 2> gen_bench.log &
+   Each arm runs once per ``--seg-seeds`` seed (segmenter init and patch sampling; the
+   generator and its synthetic data use ``--seed``); the summary reports mean and spread.
+
+Prints one JSON document on stdout (logs go to stderr). Resumable: each finished arm writes
+``OUT/seg_<arm>_seed<S>/bench_arm.json`` (Dice and training seconds) and a re-run with the same
+settings reuses it, so arms can be run in several sittings (``--arms``). With the defaults
+(2000 segmenter steps, 4 arms, 1 seed) it takes about an hour on one CPU thread::
+
+    OMP_NUM_THREADS=1 nohup python bench/generator_utility.py --out /tmp/gen_bench --threads 1 \
+        --n-rich 8 > gen_bench.json 2> gen_bench.log &
 """
 
 from __future__ import annotations
@@ -51,13 +66,51 @@ def _write_phantoms(folder: Path, seeds, shape, spacing) -> tuple[Path, Path, li
     return folder / "images", folder / "labels", phantoms
 
 
-def _segmenter_config(args):
+def _segmenter_config(args, seed: int, real_fraction: float | None):
     from medgen.config import load_config
     from medgen.training.segmenter import SegmenterConfig
     overrides = ["data.spacing=null", f"data.patch_size={args.seg_patch}", "network.channels=[8, 16, 32, 64]",
                  f"train.steps={args.segmenter_steps}", "train.validate_every=100000",
-                 "train.checkpoint_every=100000", "train.log_every=50", f"train.seed={args.seed}"]
+                 "train.checkpoint_every=500", "train.log_every=50", f"train.seed={seed}"]
+    if real_fraction is not None:
+        overrides.append(f"data.real_fraction={real_fraction}")
     return load_config(None, SegmenterConfig, default="segmenter/ct_unet", overrides=overrides)
+
+
+def _run_arm(arm: dict, run: Path, config, test, names) -> dict:
+    """Train one segmenter arm (or reuse its finished ``bench_arm.json``) and score it on ``test``."""
+    from medgen.pipelines.train_segmenter import train_segmenter
+    from medgen.runtime import seed_everything
+    record = run / "bench_arm.json"
+    settings = json.loads(config.model_dump_json())
+    if record.exists():
+        cached = json.loads(record.read_text())
+        if cached.get("config") == settings and cached.get("inputs") == arm:
+            log.info("%s: reusing %s", run.name, record)
+            return cached
+    t = time.perf_counter()
+    seed_everything(config.train.seed)
+    synthetic = {k: arm[k] for k in ("synthetic_images", "synthetic_labels") if arm.get(k)}
+    bundle = train_segmenter(config, images=arm["images"], labels=arm["labels"], output=run, label_names=names,
+                             device="cpu", mlflow=False, resume=(run / "checkpoints").exists(), **synthetic)
+    train_s = time.perf_counter() - t
+    result = _evaluate_segmenter(bundle, test, names) | {"train_and_eval_s": round(time.perf_counter() - t, 1),
+                                                         "train_s": round(train_s, 1), "config": settings,
+                                                         "inputs": arm}
+    record.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _summarise_seeds(per_seed: dict[int, dict]) -> dict:
+    """Per-label and mean Dice averaged over seeds, with the spread (min, max) of the mean."""
+    runs = list(per_seed.values())
+    labels = runs[0]["dice_per_label"]
+    means = [r["mean_dice"] for r in runs]
+    return {"dice_per_label": {k: round(float(np.mean([r["dice_per_label"][k] for r in runs])), 4) for k in labels},
+            "mean_dice": round(float(np.mean(means)), 4),
+            "mean_dice_min_max": [round(min(means), 4), round(max(means), 4)],
+            "per_seed": {str(s): {"dice_per_label": r["dice_per_label"], "mean_dice": r["mean_dice"],
+                                  "train_and_eval_s": r["train_and_eval_s"]} for s, r in per_seed.items()}}
 
 
 def _evaluate_segmenter(bundle: Path, test_phantoms, names) -> dict:
@@ -86,10 +139,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-synth", type=int, default=16, help="synthetic volumes generated")
     parser.add_argument("--n-rich", type=int, default=0, help="also train a data-rich real reference on N volumes")
     parser.add_argument("--generator-steps", type=int, default=300)
-    parser.add_argument("--segmenter-steps", type=int, default=250)
+    parser.add_argument("--segmenter-steps", type=int, default=2000,
+                        help="steps per arm: enough that n-rich real clearly beats n-real (data-limited)")
     parser.add_argument("--seg-patch", default="[48, 48, 32]")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--real-fraction", type=float, default=0.5,
+                        help="data.real_fraction of the real_plus_synthetic arm")
+    parser.add_argument("--arms", default="real_only,real_plus_synthetic,real_rich,synthetic_only",
+                        help="comma list of real_only, synthetic_only, real_plus_synthetic, "
+                             "real_plus_synthetic_pooled, real_rich (needs --n-rich)")
+    parser.add_argument("--seed", type=int, default=0, help="generator and synthetic data seed")
+    parser.add_argument("--seg-seeds", default="0", help="comma list of segmenter seeds; every arm runs each")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
     import torch
@@ -101,7 +161,6 @@ def main(argv=None) -> dict:
     from medgen.io.readers import read_volume
     from medgen.metrics.realism import frechet_distance, per_label_wasserstein
     from medgen.pipelines.train_generator import train_generator
-    from medgen.pipelines.train_segmenter import train_segmenter
     from medgen.runtime import seed_everything
     from medgen.training.generator import GeneratorConfig
 
@@ -158,46 +217,64 @@ def main(argv=None) -> dict:
     }
     timings["realism_s"] = time.perf_counter() - t
 
-    # 4. utility: same segmenter config and steps for each arm
-    seg_config = _segmenter_config(args)
-    arms = {"real_only": ([real_img], [real_lbl]),
-            "synthetic_only": ([synth_dir / "images"], [synth_dir / "labels"]),
-            "real_plus_synthetic": ([real_img, synth_dir / "images"], [real_lbl, synth_dir / "labels"])}
+    # 4. utility: same segmenter config and steps for each arm, once per segmenter seed
+    real_in = {"images": [str(real_img)], "labels": [str(real_lbl)]}
+    synth_in = {"images": [str(synth_dir / "images")], "labels": [str(synth_dir / "labels")]}
+    available = {"real_only": (real_in, None), "synthetic_only": (synth_in, None),
+                 "real_plus_synthetic": (real_in | {"synthetic_images": synth_in["images"],
+                                                    "synthetic_labels": synth_in["labels"]}, args.real_fraction),
+                 "real_plus_synthetic_pooled": ({"images": real_in["images"] + synth_in["images"],
+                                                 "labels": real_in["labels"] + synth_in["labels"]}, None)}
     if args.n_rich:
         rich_img, rich_lbl, _ = _write_phantoms(out / "rich", range(RICH_SEEDS_START, RICH_SEEDS_START + args.n_rich),
                                                 shape, spacing)
-        arms[f"real_rich_{args.n_rich}"] = ([rich_img], [rich_lbl])
+        available[f"real_rich_{args.n_rich}"] = ({"images": [str(rich_img)], "labels": [str(rich_lbl)]}, None)
+    wanted = [f"real_rich_{args.n_rich}" if a.strip() == "real_rich" else a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in wanted if a not in available]
+    if unknown:
+        parser.error(f"unknown or unavailable arms {unknown}; available: {sorted(available)}")
+    seg_seeds = [int(v) for v in args.seg_seeds.split(",")]
     utility = {}
-    for arm, (images, labels) in arms.items():
-        t = time.perf_counter()
-        seed_everything(args.seed)
-        run = out / f"seg_{arm}"
-        seg_bundle = train_segmenter(seg_config, images=images, labels=labels, output=run, label_names=names,
-                                     device="cpu", mlflow=False, resume=(run / "checkpoints").exists())
-        utility[arm] = _evaluate_segmenter(seg_bundle, test, names)
-        timings[f"segmenter_{arm}_s"] = time.perf_counter() - t
-        log.info("%s: mean Dice %.3f", arm, utility[arm]["mean_dice"])
-    real_mean = utility["real_only"]["mean_dice"]
+    for arm in wanted:
+        inputs, real_fraction = available[arm]
+        per_seed = {}
+        for seg_seed in seg_seeds:
+            config = _segmenter_config(args, seg_seed, real_fraction)
+            per_seed[seg_seed] = _run_arm(inputs, out / f"seg_{arm}_seed{seg_seed}", config, test, names)
+            timings[f"segmenter_{arm}_seed{seg_seed}_s"] = per_seed[seg_seed]["train_and_eval_s"]
+            log.info("%s seed %d: mean Dice %.3f", arm, seg_seed, per_seed[seg_seed]["mean_dice"])
+        utility[arm] = _summarise_seeds(per_seed)
     result = {
         "scenario": {"n_real_train": args.n_real, "n_synthetic": args.n_synth, "n_heldout_real": args.n_test,
                      "phantom_shape": shape, "phantom_spacing_mm": spacing, "generator_steps": args.generator_steps,
-                     "segmenter_steps": args.segmenter_steps, "segmenter": "segmenter/ct_unet, channels [8,16,32,64], "
+                     "segmenter_steps": args.segmenter_steps, "segmenter_seeds": seg_seeds,
+                     "real_fraction_real_plus_synthetic": args.real_fraction,
+                     "segmenter": "segmenter/ct_unet, channels [8,16,32,64], "
                      f"patch {args.seg_patch}, native spacing", "threads": args.threads,
                      "label_note": "phantom labels are exact ground truth (procedural)"},
         "realism": realism,
         "utility": utility,
-        "summary": {
-            "synthetic_only_fraction_of_real_only_dice": round(utility["synthetic_only"]["mean_dice"] / real_mean, 3)
-            if real_mean else None,
-            "real_plus_synthetic_minus_real_only_dice": round(utility["real_plus_synthetic"]["mean_dice"] - real_mean, 4),
-        },
+        "summary": _summary(utility, args.n_rich),
         "timings_s": {k: round(v, 1) for k, v in timings.items()} | {"total_s": round(time.perf_counter() - t0, 1)},
     }
-    if args.n_rich:
-        rich = utility[f"real_rich_{args.n_rich}"]["mean_dice"]
-        result["summary"]["synthetic_only_fraction_of_real_rich_dice"] = round(
-            utility["synthetic_only"]["mean_dice"] / rich, 3) if rich else None
     return result
+
+
+def _summary(utility: dict, n_rich: int) -> dict:
+    """The acceptance numbers: synthetic-only as a fraction of real-only, and each arm minus real-only."""
+    out = {}
+    base = utility.get("real_only", {}).get("mean_dice")
+    if not base:
+        return out
+    if "synthetic_only" in utility:
+        out["synthetic_only_fraction_of_real_only_dice"] = round(utility["synthetic_only"]["mean_dice"] / base, 3)
+    for arm in ("real_plus_synthetic", "real_plus_synthetic_pooled", f"real_rich_{n_rich}"):
+        if arm in utility:
+            out[f"{arm}_minus_real_only_dice"] = round(utility[arm]["mean_dice"] - base, 4)
+    rich = utility.get(f"real_rich_{n_rich}", {}).get("mean_dice")
+    if rich and "synthetic_only" in utility:
+        out["synthetic_only_fraction_of_real_rich_dice"] = round(utility["synthetic_only"]["mean_dice"] / rich, 3)
+    return out
 
 
 if __name__ == "__main__":
