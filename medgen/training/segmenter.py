@@ -8,9 +8,12 @@ and relative contrast rather than exact HU values.
 
 Patches are sampled class-balanced: most patches are centred on a voxel of a randomly chosen
 present class (small organs such as the aorta would otherwise almost never be seen), the rest
-anywhere. Every image is prepared exactly as :meth:`medgen.models.segmenters.NetworkSegmenter.prepare`
-prepares it at inference (reorient to RAS, resample to the configured spacing, HU window to
-[-1, 1]), so training and inference cannot drift apart.
+anywhere. Synthetic cases (from an anatomy generator) may train next to real ones; the share of
+patches drawn from the real cases is ``data.real_fraction`` (:class:`CaseSampler`), so a few real
+scans are not drowned by many synthetic ones. Every image is prepared exactly as
+:meth:`medgen.models.segmenters.NetworkSegmenter.prepare` prepares it at inference (reorient to
+RAS, resample to the configured spacing, HU window to [-1, 1]), so training and inference cannot
+drift apart.
 """
 
 from __future__ import annotations
