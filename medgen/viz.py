@@ -102,8 +102,9 @@ def save_panels_png(path: str | Path, rows: list[list[Panel]], *, title: str = "
                     dpi: int = 100) -> Path:
     """Save a grid of panels (one list per row) as a PNG, atomically."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols, panel_size * n_rows + (0.4 if title else 0)),
-                             squeeze=False)
+    title_h = 0.2 * (title.count("\n") + 1) + 0.2 if title else 0.0  # inches reserved above the panels
+    fig_h = panel_size * n_rows + title_h
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols, fig_h), squeeze=False)
     cmap_labels = label_colormap()
     for r, row in enumerate(rows):
         for c in range(n_cols):
@@ -122,7 +123,7 @@ def save_panels_png(path: str | Path, rows: list[list[Panel]], *, title: str = "
                 ax.set_title(p.title, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_h / fig_h))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)

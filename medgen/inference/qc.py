@@ -15,6 +15,8 @@ import numpy as np
 from medgen.io.geometry import reorient
 from medgen.io.volume import Volume
 
+QC_LINE_CHARS = 90  # heading characters a line (three 3-inch panels at 10 pt)
+
 
 def mask_centre(mask: Volume) -> tuple[int, int, int] | None:
     """RAS voxel indices of the mask's centre of mass (None for an empty mask)."""
@@ -37,6 +39,14 @@ def save_chain_qc(path: str | Path, mr: Volume, sct: Volume | None, mask: Volume
         rows.append(volume_panels(sct, window=CT_SOFT_TISSUE, title="synthetic CT", centre=centre))
     rows.append(volume_panels(mr, overlay=mask, title="mask on MR", centre=centre))
     present = [int(i) for i in np.unique(mask.array) if i != 0]
+    return save_panels_png(path, rows, title=qc_heading(title, present, label_names))
+
+
+def qc_heading(title: str, present: list[int], label_names: dict[int, str], *, width: int = QC_LINE_CHARS) -> str:
+    """The QC picture's heading: the title, then ``id:name`` of the labels present, wrapped to
+    ``width`` characters a line so that long label lists stay inside the picture."""
+    import textwrap
     legend = ", ".join(f"{i}:{label_names.get(i, i)}" for i in present[:24])
-    heading = f"{title}\n{legend}" if title else legend
-    return save_panels_png(path, rows, title=heading or "no labels found")
+    lines = [title] if title else []
+    lines += textwrap.wrap(legend, width=width, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines) or "no labels found"
