@@ -166,9 +166,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seg-steps", type=int, default=None)
     parser.add_argument("--tr-steps", type=int, default=None)
     parser.add_argument("--mr-weighting", default=None, choices=("t1", "t2"))
+    parser.add_argument("--tr-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra translator config override (repeatable), e.g. data.intensity_balance=0.5")
+    parser.add_argument("--seg-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra segmenter config override (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mlflow", action="store_true")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     settings = dict(QUICK if args.quick else FULL)
     if args.seg_steps:
@@ -177,6 +185,8 @@ def main(argv=None) -> int:
         settings["tr_steps"] = args.tr_steps
     if args.mr_weighting:
         settings["mr_weighting"] = args.mr_weighting
+    settings["tr_overrides"] = settings["tr_overrides"] + args.tr_set
+    settings["seg_overrides"] = settings["seg_overrides"] + args.seg_set
     results = run_experiment(args.out, settings, device=args.device, mlflow=args.mlflow)
     print(json.dumps(results, indent=1))
     return 0

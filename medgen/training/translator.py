@@ -35,6 +35,7 @@ from medgen.objectives.cyclegan import CycleGANObjective
 from medgen.objectives.structure import build_structure_loss
 from medgen.runtime import autocast
 from medgen.training import distributed
+from medgen.training.ema import WeightEMA
 from medgen.transforms.recipes import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class TrainConfig(StrictModel):
     validate_every: int = 200
     log_every: int = 20
     val_samples: int = 8
+    ema_decay: float | None = Field(None, gt=0, lt=1, description=(
+        "export and validate an exponential moving average of G's weights (e.g. 0.999); null: G's last weights"))
 
 
 class InferenceConfig(StrictModel):
@@ -271,6 +274,7 @@ class TranslatorTask:
         factor = linear_decay(train.steps, train.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
+        self.g_ema = WeightEMA(nets["g_mr2ct"], train.ema_decay) if train.ema_decay else None
         seed = config.seed + 1000 * distributed.rank()  # each rank draws different samples
         common = {"spatial_dims": m.spatial_dims, "patch_size": d.patch_size, "context": m.context,
                   "foreground_prob": d.foreground_prob, "flip_axes": (0,) if d.flip else ()}
@@ -284,8 +288,8 @@ class TranslatorTask:
 
     @property
     def generator(self) -> torch.nn.Module:
-        """G (MR -> CT), unwrapped: the network that is exported."""
-        return distributed.unwrap(self.nets["g_mr2ct"])
+        """G (MR -> CT) as exported and validated: its weight average when ``train.ema_decay`` is set."""
+        return self.g_ema.module if self.g_ema is not None else distributed.unwrap(self.nets["g_mr2ct"])
 
     def train_step(self, step: int) -> dict[str, float]:
         for net in self.nets.values():
@@ -298,6 +302,8 @@ class TranslatorTask:
         self.opt_g.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.opt_g.step()
+        if self.g_ema is not None:
+            self.g_ema.update(distributed.unwrap(self.nets["g_mr2ct"]))
         with autocast(self.device, self.precision):
             d_losses = self.objective.discriminator_loss(mr.image, ct.image, images["fake_ct"], images["fake_mr"])
         self.opt_d.zero_grad(set_to_none=True)
@@ -330,11 +336,11 @@ class TranslatorTask:
         metrics["cycle_mr_l1"] = float((rec_mr.float() - mr.image).abs().mean())
         metrics["cycle_ct_l1"] = float((rec_ct.float() - ct.image).abs().mean())
         if self.paired and distributed.is_main_process():
-            rows = [case.evaluate(G) for case in self.paired]
+            rows = [case.evaluate(self.generator) for case in self.paired]
             for key in rows[0]:
                 metrics[key] = float(np.mean([r[key] for r in rows]))
         if distributed.is_main_process() and self.run_dir is not None:
-            self._save_samples(step, mr.image, fake_ct, ct.image, fake_mr, G)
+            self._save_samples(step, mr.image, fake_ct, ct.image, fake_mr, self.generator)
         G.train()
         Fn.train()
         return metrics
@@ -363,7 +369,8 @@ class TranslatorTask:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
                 "pools": self.objective.pools_state_dict(),
-                "mr_sampler": self.mr_sampler.state_dict(), "ct_sampler": self.ct_sampler.state_dict()}
+                "mr_sampler": self.mr_sampler.state_dict(), "ct_sampler": self.ct_sampler.state_dict(),
+                **({"g_ema": self.g_ema.state_dict()} if self.g_ema is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in self.nets.items():
@@ -375,6 +382,12 @@ class TranslatorTask:
         self.objective.load_pools_state_dict(state["pools"])
         self.mr_sampler.load_state_dict(state["mr_sampler"])
         self.ct_sampler.load_state_dict(state["ct_sampler"])
+        if self.g_ema is not None:
+            if "g_ema" not in state:
+                from medgen.errors import MedgenError
+                raise MedgenError("the checkpoint has no EMA generator but train.ema_decay is set",
+                                  fix="resume with the run's original config (train.ema_decay=null) or start a new run")
+            self.g_ema.load_state_dict(state["g_ema"])
 
 
 def _display(x: torch.Tensor) -> np.ndarray:
