@@ -26,11 +26,12 @@ Scenario: labelled CT is scarce (``--n-real`` phantom CTs, default 2). We
    Each arm runs once per ``--seg-seeds`` seed (segmenter init and patch sampling; the
    generator and its synthetic data use ``--seed``); the summary reports mean and spread.
 
-Measured (2026-11-24, defaults + ``--n-rich 8 --seg-seeds 0,1``, 1 thread, ~8 min per arm and
+Measured (2026-11-24, ``--n-rich 8 --seg-seeds 0,1`` and all 5 arms, 1 thread, ~8 min per arm and
 seed): mean Dice on the 4 held-out phantoms, mean of 2 segmenter seeds (min-max): real_only 0.792
 (0.792-0.793), synthetic_only 0.791 (0.791-0.791; 99.8% of real_only), real_plus_synthetic
 (real_fraction 0.5) 0.794 (0.792-0.796; +0.0015, within the seed spread, so no demonstrated
-gain), real_rich_8 0.841 (0.839-0.844). The arms are data-limited (8 real beat 2 real by 0.049),
+gain), real_plus_synthetic_pooled 0.795 (0.794-0.796; the sampling rate does not matter here
+either), real_rich_8 0.841 (0.839-0.844). The arms are data-limited (8 real beat 2 real by 0.049),
 and the synthetic CTs alone are as useful as the 2 real ones, but they add nothing on top of
 them, presumably because the synthetic anatomies are warps of the same 2 label maps (new shapes,
 not new anatomy; untested). Realism: HU Wasserstein mean 37.5 (real-vs-real 17.8).
