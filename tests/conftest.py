@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread for the test, then restore the suite's setting.
+
+    Tiny models train fastest single-threaded (no OpenMP hand-offs), float results stay the same
+    in-process and in subprocesses, and a loaded 2-core machine does not make 2-thread steps crawl.
+    Modules where every test wants it use ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sample_data_dir() -> Path:
     """``MEDGEN_SAMPLE_DATA`` or ``../shared/data`` beside the repository."""
     return Path(os.environ.get("MEDGEN_SAMPLE_DATA", REPO.parent / "shared" / "data"))

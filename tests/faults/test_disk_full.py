@@ -15,7 +15,6 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-import torch
 
 from medgen.cli import main
 from medgen.data.phantoms import make_phantom
@@ -29,13 +28,7 @@ TINY_SEGMENTER = ["--no-mlflow", "--device", "cpu", "-q", "--set", "data.patch_s
                   "--set", "train.checkpoint_every=2", "--set", "train.validate_every=100"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and a loaded 2-core machine makes 2 threads crawl)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cases(folder: Path, names=("a", "b", "c")) -> list[Path]:

@@ -37,16 +37,6 @@ TINY_TRANSLATOR = ["-c", "translator/cyclegan_2d", "--device", "cpu", "--no-mlfl
 STEPS = 10
 
 
-@pytest.fixture
-def one_thread():
-    """Train with one thread here and in subprocesses: same float results, and no OpenMP
-    oversubscription on a loaded 2-core machine (which makes 2-thread steps many times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _phantom_pairs(folder: Path, n: int = 2) -> tuple[list[str], list[str]]:
     from medgen.data.phantoms import make_phantom
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,7 @@ from medgen.training.translator import TranslatorConfig, build_networks
 BF16_TOLERANCE_HU = 10.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bundle(folder, spatial_dims=2, context=3, **extra_model):

@@ -5,7 +5,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from medgen.cli import main
 from medgen.data.phantoms import make_phantom
@@ -16,12 +15,7 @@ from medgen.runtime import seed_everything
 from medgen.training.translator import TranslatorConfig, build_networks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_bundle(folder):

@@ -12,13 +12,7 @@ from medgen.objectives.shape import TranslatorSpaceSegmenter
 from medgen.objectives.structure import GradientCorrelationLoss, MINDLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP hand-offs, robust on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nets(channels=1, seed=0):

@@ -68,15 +68,6 @@ def _sub(state: dict, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
-@pytest.fixture
-def one_thread():
-    """One thread in-process too: a loaded 2-core machine makes 2-thread OpenMP steps crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_thread):
     mrs, cts = write_phantoms(tmp_path / "data")

@@ -60,8 +60,8 @@ def _task(volumes, ema_decay):
     return TranslatorTask(config, *volumes)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_translator_exports_the_ema_generator_and_resumes_it(tmp_path):
-    torch.set_num_threads(1)
     volumes = _volumes()
     settings = dict(checkpoint_every=2, validate_every=100, log_every=1)
     straight = _task(volumes, 0.99)

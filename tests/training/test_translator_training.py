@@ -22,13 +22,7 @@ TINY_SET = ["model.features=4", "model.n_blocks=1", "model.disc_features=4", "da
             "train.val_samples=2", "train.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP hand-offs, robust on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
