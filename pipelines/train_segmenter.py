@@ -97,15 +97,16 @@ def train_segmenter(
     log.info("training classes: %s", plan.names)
     spec = input_spec(config)
 
-    cases, quantiles = _prepare_cases(pairs, spec, plan)
-    val_cases, _ = _prepare_cases(val_pairs, spec, plan)
+    quantiles: list[np.ndarray] = []  # body HU quantiles of the real training CTs (histogram baseline)
+    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles)
+    val_cases = _prepare_cases(val_pairs, spec, plan)
     if not cases:
         raise InputError("no training cases", path="--images")
     if not val_cases and config.data.val_cases > 0:
         if config.data.val_cases >= len(cases):
             raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
         val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
-    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True)[0]
+    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True)
     for case in cases:
         present = sorted(int(c) for c in np.unique(case.label) if c)
         log.info("case %s%s: grid %s, classes %s", case.case_id, " (synthetic)" * case.synthetic, case.image.shape,
@@ -153,15 +154,21 @@ def train_segmenter(
     return bundle_dir
 
 
-def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False) -> tuple[list, list[np.ndarray]]:
-    """Read and prepare ``(image, label)`` case pairs; also each image's body HU quantiles."""
+def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
+                   quantiles: list[np.ndarray] | None = None) -> list:
+    """Read and prepare ``(image, label)`` case pairs.
+
+    ``quantiles``, when given, collects each image's body HU quantiles while the raw image is in
+    memory (only the real training CTs need them, for the histogram-matching baseline).
+    """
     from medgen.io.readers import read_volume
     from medgen.training.segmenter import body_quantiles, prepare_case
-    cases, quantiles = [], []
+    cases = []
     for img_case, lab_case in pairs:
         image = read_volume(img_case.path)
         label = read_volume(lab_case.path, kind="label")
         cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic))
-        quantiles.append(body_quantiles(image.array))
+        if quantiles is not None:
+            quantiles.append(body_quantiles(image.array))
         del image, label
-    return cases, quantiles
+    return cases
