@@ -68,21 +68,10 @@ def _data_dir(arg: str | None) -> Path:
     return root.resolve()
 
 
-def _done_step(run_dir: Path) -> int:
-    index = run_dir / "checkpoints" / "latest.json"
-    if not index.exists():
-        return 0
-    try:
-        entries = json.loads(index.read_text())
-        entries = entries.get("checkpoints", entries) if isinstance(entries, dict) else entries
-        return max(int(e["step"]) for e in entries) if entries else 0
-    except (ValueError, KeyError, TypeError):
-        return 0
-
-
 def _train(kind: str, run_dir: Path, steps: int, train_fn) -> dict:
     """Train (or continue) up to ``steps``; skip when the bundle exists at that step already."""
-    done = _done_step(run_dir)
+    from medgen.training.checkpoint import latest_checkpoint_step
+    done = latest_checkpoint_step(run_dir / "checkpoints")
     info = {"run_dir": str(run_dir), "steps": steps, "steps_before_this_run": done}
     if done >= steps and (run_dir / "bundle" / "medgen.json").exists():
         log.info("%s: already trained to step %d; skipping", kind, done)
@@ -105,25 +94,15 @@ def _train(kind: str, run_dir: Path, steps: int, train_fn) -> dict:
 
 
 def _history(run_dir: Path) -> dict:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    last = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("phase") == "train":
-            last = row
+    """The last training row of the run's metrics history (rounded), or {}."""
+    from medgen.training.loop import read_history
+    last = next((row for row in reversed(read_history(run_dir)) if row.get("phase") == "train"), {})
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items() if k != "phase"}
 
 
 def _remap(label, plan):
-    lut = plan.lut
-    arr = label.array.astype(np.int64)
-    arr = np.where(arr < len(lut), arr, 0)
-    return label.with_array(lut[arr].astype(np.uint8))
+    """The label map in the segmenter's classes (exactly as its training cases were remapped)."""
+    return label.with_array(plan.apply(label.array, label.name))
 
 
 def _dice_table(segmenter, pairs: dict, plan, device: str) -> dict:

@@ -57,6 +57,11 @@ def _read_index(folder: Path) -> list[dict]:
         return []
 
 
+def latest_checkpoint_step(folder: str | Path) -> int:
+    """The step of the newest checkpoint listed in ``folder``'s index (0 when there is none)."""
+    return max((int(e["step"]) for e in _read_index(Path(folder))), default=0)
+
+
 def load_checkpoint_file(path: str | Path, sha256: str | None = None, map_location="cpu") -> dict:
     """Load one checkpoint with ``weights_only=True``, verifying its hash when given."""
     path = Path(path)

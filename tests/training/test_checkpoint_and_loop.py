@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgen.errors import OutputError
-from medgen.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from medgen.training.checkpoint import latest_checkpoint_step, load_latest_checkpoint, save_checkpoint
 from medgen.training.loop import LoopSettings, read_history, run_training
 
 
@@ -60,6 +60,13 @@ def test_existing_run_needs_resume(tmp_path):
     run_training(TinyTask(), tmp_path, LoopSettings(max_steps=2, checkpoint_every=1))
     with pytest.raises(OutputError, match="--resume"):
         run_training(TinyTask(), tmp_path, LoopSettings(max_steps=2, checkpoint_every=1))
+
+
+def test_latest_checkpoint_step_reads_the_index(tmp_path):
+    assert latest_checkpoint_step(tmp_path / "missing") == 0
+    save_checkpoint({"step": 3}, tmp_path, 3)
+    save_checkpoint({"step": 5}, tmp_path, 5)
+    assert latest_checkpoint_step(tmp_path) == 5
 
 
 def test_corrupt_checkpoint_is_skipped(tmp_path):
