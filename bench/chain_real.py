@@ -262,16 +262,16 @@ def run(out: Path, data: Path, seg_steps: int, tr_steps: int, device: str, mlflo
         "note": note,
         "dice": _dice_table(segmenter, {"example_ct_sm": (ts / "example_ct_sm.nii.gz", ts / "example_seg.nii.gz")},
                             plan, device)["example_ct_sm"]}
+    ref_ct = _remap(read_volume(ct_labels[0], kind="label"), plan)  # also validates the plausibility checks
     if crop_at:  # how much do two TotalSegmentator predictions of the same voxels agree?
         from medgen.metrics.segmentation import per_label_scores
         a = _remap(read_volume(ts / "example_seg.nii.gz", kind="label"), plan).array
-        b = _remap(read_volume(ct_labels[0], kind="label"), plan).array[:, :, crop_at[0]:crop_at[0] + depth]
+        b = ref_ct.array[:, :, crop_at[0]:crop_at[0] + depth]
         scores = per_label_scores(a, b, ref_names=plan.names, compute_hd95=False)
         present = {plan.names[int(i)] for i in np.unique(b) if i}
         result["segmenter_dice_example_ct_sm"]["example_seg_vs_example_seg_fast_force_split_on_crop"] = {
             k: round(float(v["dice"]), 3) for k, v in scores.items() if k in present}
     result["ct_dice_s"] = round(time.perf_counter() - t0, 1)
-    ref_ct = _remap(read_volume(ct_labels[0], kind="label"), plan)  # validates the plausibility checks themselves
     ct_pred = segmenter.segment(ct_full, device=device, precision="fp32")
     result["ct_montage_png"] = _axial_montage(out / "segmenter_on_example_ct.png", [
         ("CT + TotalSegmentator", ct_full, ref_ct, SOFT_TISSUE),
@@ -290,7 +290,7 @@ def run(out: Path, data: Path, seg_steps: int, tr_steps: int, device: str, mlflo
     result["mr_dicom"] = {"path": str(mr_dicom), "shape": list(dicom_vol.shape),
                           "orientation_read": dicom_vol.orientation,
                           "spacing": [round(float(s), 3) for s in dicom_vol.spacing]}
-    per_method, timings = {}, {}
+    per_method, timings, montage_rows = {}, {}, [("MR", mr_vol, None, None)]
     for method in METHODS:
         translator = str(tr_run) if method == "chain" else method
         options = ChainOptions(translator=translator, segmenter=str(seg_run), device=device, precision="fp32",
@@ -321,7 +321,10 @@ def run(out: Path, data: Path, seg_steps: int, tr_steps: int, device: str, mlflo
                            "plausibility": _plausibility(stats) if case == "mr_sm" else None,
                            "labelled_fraction": round(float(np.mean(mask.array > 0)), 4)}
             if case == "mr_sm":  # synthetic CT intensities in the MR body (Otsu-free: MR > 10 % of its p99)
-                sct = read_volume(report.outputs["sct"]).array.astype(np.float32)
+                sct_vol = read_volume(report.outputs["sct"])
+                montage_rows += [(f"{method}: CT input", sct_vol, None, SOFT_TISSUE),
+                                 (f"{method}: mask", mr_vol, mask, None)]
+                sct = sct_vol.array.astype(np.float32)
                 body = mr_vol.array > 0.1 * np.percentile(mr_vol.array, 99)
                 entry[case]["sct_hu_in_body"] = {q: round(float(np.percentile(sct[body], p)), 0)
                                                  for q, p in (("p5", 5), ("p50", 50), ("p95", 95))}
@@ -338,12 +341,7 @@ def run(out: Path, data: Path, seg_steps: int, tr_steps: int, device: str, mlflo
     result["mr_sm_volumes_ml"] = {
         name: {m: per_method[m]["mr_sm"]["labels"].get(name, {}).get("ml", 0.0) for m in METHODS}
         for i, name in sorted(plan.names.items()) if i}
-    rows = [("MR", mr_vol, None, None)]
-    for method in METHODS:
-        sct = read_volume(per_method[method]["mr_sm"]["outputs"]["sct"])
-        mask = read_volume(per_method[method]["mr_sm"]["outputs"]["mask"], kind="label")
-        rows += [(f"{method}: CT input", sct, None, SOFT_TISSUE), (f"{method}: mask", mr_vol, mask, None)]
-    result["mr_sm_montage_png"] = _axial_montage(seg_dir / "compare_mr_sm.png", rows, plan.names,
+    result["mr_sm_montage_png"] = _axial_montage(seg_dir / "compare_mr_sm.png", montage_rows, plan.names,
                                                  "example_mr_sm: segmenter input and mask per method")
     result["segment_timings_s"] = timings
     result["all_grid_checks_pass"] = all(v for m in per_method.values() for c in m.values() for v in c["grid"].values())
