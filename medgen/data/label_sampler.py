@@ -9,7 +9,13 @@ made of
 * a smooth deformation: a displacement field interpolated (cubic B-spline) from random
   displacements on a coarse control grid, scaled down if needed so that the mapping stays
   invertible (largest displacement gradient below :data:`MAX_DISPLACEMENT_GRADIENT`; a folding
-  warp is what makes "confetti").
+  warp is what makes "confetti"),
+* per-structure changes (``structure_shift_mm``, ``structure_scale``): every label gets its own
+  random shift and scaling about its centroid, and these local affine moves are blended into one
+  smooth field with Gaussian weights (a poly-affine transform). Organs then move and grow
+  *relative to each other* -- the inter-patient variation that one global warp of the same few
+  label maps cannot create. The blended field is capped like the smooth deformation, so it stays
+  invertible and the neighbours of every organ stay its neighbours.
 
 Why labels stay topologically sensible:
 
@@ -44,7 +50,8 @@ from medgen.config import StrictModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LabelSamplerConfig", "LabelMapSampler", "remove_small_islands", "warp_labels", "random_warp"]
+__all__ = ["LabelSamplerConfig", "LabelMapSampler", "remove_small_islands", "structure_displacement", "warp_labels",
+           "random_warp"]
 
 #: Largest allowed spatial derivative of the displacement field (keeps the warp invertible).
 MAX_DISPLACEMENT_GRADIENT = 0.5
@@ -63,6 +70,11 @@ class LabelSamplerConfig(StrictModel):
         min_island_fraction: per label, components smaller than this fraction of the label's
             largest component are reassigned to the surrounding label.
         min_island_voxels: components smaller than this are always reassigned.
+        structure_shift_mm: largest shift of each label relative to the others (0: off).
+        structure_scale: largest scaling of each label about its own centroid (factor in
+            ``1 +- structure_scale``; 0: off).
+        structure_blend_mm: width (Gaussian sigma) over which neighbouring labels' moves are
+            blended; larger is smoother.
     """
 
     rotation_deg: float = 8.0
@@ -73,6 +85,9 @@ class LabelSamplerConfig(StrictModel):
     elastic_spacing_mm: float = 40.0
     min_island_fraction: float = 0.05
     min_island_voxels: int = 8
+    structure_shift_mm: float = 0.0
+    structure_scale: float = 0.0
+    structure_blend_mm: float = 12.0
 
 
 def _rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
@@ -96,15 +111,70 @@ def _smooth_displacement(rng: np.random.Generator, shape: tuple[int, int, int], 
         zoom = [s / g for s, g in zip(shape, grid)]
         field[axis] = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)[
             :shape[0], :shape[1], :shape[2]] * amplitude_mm
-    # the largest derivative d(displacement mm)/d(position mm) must stay well below 1 (no folding)
+    return _cap_gradient(field, spacing)
+
+
+def _cap_gradient(field: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Scale a displacement field (3, ...) in mm down until no derivative exceeds the limit.
+
+    The largest derivative d(displacement mm)/d(position mm) must stay well below 1, else the
+    mapping folds.
+    """
     worst = 0.0
     for axis in range(3):
         for d in range(3):
-            if shape[d] > 1:
+            if field.shape[1 + d] > 1:
                 worst = max(worst, float(np.abs(np.gradient(field[axis], spacing[d], axis=d)).max()))
     if worst > MAX_DISPLACEMENT_GRADIENT:
         field *= MAX_DISPLACEMENT_GRADIENT / worst
     return field
+
+
+def structure_displacement(rng: np.random.Generator, labels: np.ndarray, spacing: np.ndarray,
+                           config: LabelSamplerConfig) -> tuple[np.ndarray, int]:
+    """Pull-back field (3, *coarse shape) in mm that moves and scales each label on its own.
+
+    Label ``l`` with centroid ``c`` gets the forward move ``x -> c + k (x - c) + s`` (random
+    ``k``, ``s``); a source point ``y`` inside it is therefore pulled from
+    ``y - [(y - c)(1 - 1/k) + s/k]``. The per-label pulls are averaged with weights that are the
+    labels' indicator maps smoothed by a Gaussian of ``structure_blend_mm`` (background pulls
+    by 0), which gives one smooth field, capped like :func:`_smooth_displacement`.
+
+    The field is computed on a grid subsampled by an integer ``stride`` (returned; a voxel of
+    the coarse grid is at most half the blending width), so large maps with many labels stay cheap.
+    """
+    blend = max(float(config.structure_blend_mm), 1e-3)
+    stride = max(1, int(blend / (2.0 * float(spacing.max()))))
+    coarse = labels[::stride, ::stride, ::stride]
+    coarse_spacing = spacing * stride
+    sigma = blend / coarse_spacing
+    points = np.indices(coarse.shape, dtype=np.float32) * coarse_spacing.reshape(3, 1, 1, 1).astype(np.float32)
+    pull = np.zeros((3, *coarse.shape), np.float32)
+    total = ndimage.gaussian_filter((coarse == 0).astype(np.float32), sigma, mode="nearest")
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        weight = ndimage.gaussian_filter((coarse == value).astype(np.float32), sigma, mode="nearest")
+        centre = np.argwhere(labels == value).mean(0) * spacing
+        k = 1.0 + rng.uniform(-config.structure_scale, config.structure_scale)
+        shift = rng.uniform(-config.structure_shift_mm, config.structure_shift_mm, 3)
+        own = (points - centre.reshape(3, 1, 1, 1)) * (1.0 - 1.0 / k) + (shift / k).reshape(3, 1, 1, 1)
+        pull += weight * own.astype(np.float32)
+        total += weight
+    pull /= np.maximum(total, 1e-6)
+    return _cap_gradient(pull, coarse_spacing), stride
+
+
+def _apply_structure_moves(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray, coords: np.ndarray,
+                           config: LabelSamplerConfig) -> np.ndarray:
+    """Compose the source coordinates of a global warp with per-structure moves of the source map."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    pull, stride = structure_displacement(rng, labels, spacing, config)
+    at = coords.reshape(3, -1) / stride
+    moved = coords.reshape(3, -1).copy()
+    for axis in range(3):
+        moved[axis] -= ndimage.map_coordinates(pull[axis], at, order=1, mode="nearest") / spacing[axis]
+    return moved.reshape(coords.shape)
 
 
 def random_warp(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray,
@@ -218,6 +288,8 @@ class LabelMapSampler:
         i = int(rng.integers(len(self.bank))) if index is None else int(index)
         labels, affine = self.bank[i]
         coords = random_warp(rng, labels, affine, self.config)
+        if self.config.structure_shift_mm > 0 or self.config.structure_scale > 0:
+            coords = _apply_structure_moves(rng, labels, affine, coords, self.config)
         warped = warp_labels(labels, coords)
         cleaned = remove_small_islands(warped, min_fraction=self.config.min_island_fraction,
                                        min_voxels=self.config.min_island_voxels)
