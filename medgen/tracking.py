@@ -197,7 +197,14 @@ def write_run_info(output_dir: str | Path, tracker: Tracker) -> None:
 
 
 def download_model(uri: str) -> Path:
-    """Download an MLflow model/artifact URI (``models:/name/1``, ``runs:/id/bundle``) to a temp folder."""
+    """Download an MLflow model/artifact URI (``models:/name/1``, ``runs:/id/bundle``) to a temp folder.
+
+    The folder is removed when the process exits (each resolution used to leave one behind in /tmp).
+    """
+    import atexit
+    import shutil
+
     import mlflow
     target = Path(tempfile.mkdtemp(prefix="medgen-model-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))

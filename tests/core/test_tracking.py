@@ -140,3 +140,21 @@ def test_env_uri_overrides_and_disabled_tracker(tmp_path, monkeypatch):
         off.log_config(_Config())
         assert not off.active and off.log_bundle(tmp_path, "x") is None
     assert not (tmp_path / "off" / "mlflow.db").exists()
+
+
+def test_downloaded_models_are_removed_at_exit(tmp_path, monkeypatch):
+    """Each download lands in its own temp folder, registered for removal when the process exits."""
+    import atexit
+    import shutil
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *args, **kw: registered.append((fn, args, kw)))
+    source = tmp_path / "bundle"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(b"\x01\x02")
+    local = download_model(source.as_uri())
+    assert (local / "weights.bin").read_bytes() == b"\x01\x02"
+    [(fn, args, kw)] = [r for r in registered if r[0] is shutil.rmtree]  # (mlflow registers its own too)
+    assert local.is_relative_to(args[0])
+    fn(*args, **kw)
+    assert not args[0].exists()
