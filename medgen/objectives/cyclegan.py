@@ -23,6 +23,13 @@ medgen's additions (each optional, weight 0 disables it):
   ``CE(S(G(F(y))), labels(y))`` where the labels are given or S's own prediction on y.
 * ``air`` -- keep background air as air: L1 between G(x) and -1 (air in the CT window) outside
   the MR's body mask.
+* ``cycle_noise`` -- Gaussian noise (std in [-1, 1] units) added to G(x) and F(y) before they
+  are translated back in the cycle (the "noise defence" of Bashkirova et al., NeurIPS 2019).
+  CycleGAN can satisfy the cycle loss by hiding the source image in low-amplitude patterns of
+  the translation (Chu et al. 2017, "a master of steganography"): G then learns to decode
+  F's hidden code instead of anatomy, and behaves differently on real MR than on F(CT). Noise
+  destroys such codes, so the cycle (and the shape term, which goes through G(F(y))) must be
+  met from visible anatomy.
 * ``histogram`` -- intensity-distribution matching: L1 between the quantiles of G(x) inside the
   MR body mask and of the (unpaired) real CT batch inside its body mask. Label-free; it pins the
   tissue HU levels, which the adversarial loss enforces only weakly in a wide HU window.
@@ -89,6 +96,8 @@ class CycleGANObjective(nn.Module):
         lambda_shape: weight of the shape-consistency term.
         lambda_air: weight of the "air stays air outside the MR body mask" term.
         lambda_histogram: weight of the quantile-matching term between G(x) and real CT in the bodies.
+        cycle_noise: std of the Gaussian noise added to each translation before the cycle's way
+            back (0 disables; drawn from torch's global RNG, which the training loop checkpoints).
         seed: seed of the image pools' random streams.
         batch_passes: run G on MR and CT (translation + identity) in one concatenated pass, and
             each discriminator on real + fake in one pass, when the networks have no batch
@@ -99,8 +108,8 @@ class CycleGANObjective(nn.Module):
                  lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  structure: nn.Module | None = None, lambda_structure: float = 1.0,
                  segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
-                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, seed: int = 0,
-                 batch_passes: bool = True):
+                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, cycle_noise: float = 0.0,
+                 seed: int = 0, batch_passes: bool = True):
         super().__init__()
         self.batch_passes = batch_passes
         self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
@@ -111,6 +120,7 @@ class CycleGANObjective(nn.Module):
         self.lambda_shape = float(lambda_shape)
         self.lambda_air = float(lambda_air)
         self.lambda_histogram = float(lambda_histogram)
+        self.cycle_noise = float(cycle_noise)
         self.segmenter = segmenter
         if isinstance(segmenter, nn.Module):
             segmenter.eval()
@@ -147,8 +157,8 @@ class CycleGANObjective(nn.Module):
         else:
             fake_ct, fake_mr = G(real_mr), Fn(real_ct)
             idt_ct, idt_mr = (G(real_ct), Fn(real_mr)) if identity else (None, None)
-        rec_mr = Fn(fake_ct)
-        rec_ct = G(fake_mr)
+        rec_mr = Fn(self._noisy(fake_ct))
+        rec_ct = G(self._noisy(fake_mr))
         losses: dict[str, torch.Tensor] = {}
         with _frozen(d_ct), _frozen(d_mr):
             losses["adv_ct"] = lsgan_loss(_score(d_ct, fake_ct), True)
@@ -178,6 +188,12 @@ class CycleGANObjective(nn.Module):
         images = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(), "rec_mr": rec_mr.detach(),
                   "rec_ct": rec_ct.detach()}
         return losses, images
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the cycle noise (unchanged when it is off)."""
+        if self.cycle_noise <= 0:
+            return x
+        return x + torch.randn_like(x) * self.cycle_noise
 
     def shape_loss(self, real_ct: torch.Tensor, rec_ct: torch.Tensor, ct_labels: torch.Tensor | None = None
                    ) -> torch.Tensor:

@@ -107,6 +107,9 @@ class LossConfig(StrictModel):
     lambda_structure: float = 5.0
     lambda_air: float = 1.0
     lambda_histogram: float = 0.0
+    cycle_noise: float = Field(0.0, ge=0, description=(
+        "std of Gaussian noise (in [-1, 1] units) added to each translation before the cycle translates it "
+        "back: defeats CycleGAN's steganography (hidden codes instead of anatomy); 0 = off"))
     shape_segmenter: str | None = None
     lambda_shape: float = 1.0
 
@@ -265,7 +268,8 @@ class TranslatorTask:
             lambda_cycle=loss.lambda_cycle, lambda_identity=loss.lambda_identity, pool_size=loss.pool_size,
             structure=build_structure_loss(loss.structure), lambda_structure=loss.lambda_structure,
             segmenter=segmenter.to(self.device) if segmenter is not None else None, lambda_shape=loss.lambda_shape,
-            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram, seed=config.seed + 17 * distributed.rank())
+            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram, cycle_noise=loss.cycle_noise,
+            seed=config.seed + 17 * distributed.rank())
         betas = (train.beta1, train.beta2)
         self.opt_g = torch.optim.Adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
                                       lr=train.lr, betas=betas)

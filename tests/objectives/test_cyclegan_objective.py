@@ -45,6 +45,23 @@ def test_identity_generators_give_zero_cycle_and_identity_losses():
     assert torch.allclose(losses["total"], expected)
 
 
+def test_cycle_noise_reaches_the_way_back_only():
+    """With identity generators the cycle error is exactly the noise: L1 of N(0, s) is s*sqrt(2/pi)."""
+    _, _, d_ct, d_mr = _nets()
+    obj = CycleGANObjective(nn.Identity(), nn.Identity(), d_ct, d_mr, pool_size=0, lambda_identity=0,
+                            cycle_noise=0.2)
+    mr, ct = torch.zeros(4, 1, 64, 64), torch.zeros(4, 1, 64, 64)
+    torch.manual_seed(0)
+    losses, images = obj.generator_loss(mr, ct)
+    assert torch.equal(images["fake_ct"], mr) and torch.equal(images["fake_mr"], ct)  # translations stay clean
+    expected = 0.2 * (2 / torch.pi) ** 0.5
+    for key in ("cycle_mr", "cycle_ct"):
+        assert abs(losses[key].item() - expected) < 0.01
+    torch.manual_seed(0)
+    again, _ = obj.generator_loss(mr, ct)
+    assert again["cycle_mr"].item() == losses["cycle_mr"].item()  # drawn from the (checkpointed) global RNG
+
+
 def test_generator_step_updates_only_generators_and_weights_add_up():
     g, f, d_ct, d_mr = _nets(channels=3)
     obj = CycleGANObjective(g, f, d_ct, d_mr, lambda_cycle=10, lambda_identity=0.5, structure=MINDLoss(),
