@@ -162,6 +162,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sampler", action="append", default=[], metavar="KEY=VALUE",
                         help="label-map sampler setting of the generator (repeatable), e.g. structure_shift_mm=8")
+    parser.add_argument("--generator-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other generator config override (repeatable), e.g. train.precision=bf16")
     args = parser.parse_args(argv)
 
     import torch
@@ -195,7 +197,7 @@ def main(argv=None) -> dict:
     gen_config = load_config(None, GeneratorConfig, default="generator/label2ct",
                              overrides=[f"train.steps={args.generator_steps}", f"train.seed={args.seed}",
                                         "train.validate_every=100000", "train.checkpoint_every=100000",
-                                        *(f"sampler.{kv}" for kv in args.sampler)])
+                                        *(f"sampler.{kv}" for kv in args.sampler), *args.generator_set])
     gen_run = out / "generator_run"
     bundle = train_generator(gen_config, images=[real_img], labels=[real_lbl], output=gen_run, label_names=names,
                              device="cpu", mlflow=False, resume=(gen_run / "checkpoints").exists())
@@ -262,7 +264,7 @@ def main(argv=None) -> dict:
                      "phantom_shape": shape, "phantom_spacing_mm": spacing, "generator_steps": args.generator_steps,
                      "segmenter_steps": args.segmenter_steps, "segmenter_seeds": seg_seeds,
                      "real_fraction_real_plus_synthetic": args.real_fraction,
-                     "label_sampler": gen_config.sampler.model_dump(),
+                     "label_sampler": gen_config.sampler.model_dump(), "generator_overrides": args.generator_set,
                      "segmenter": "segmenter/ct_unet, channels [8,16,32,64], "
                      f"patch {args.seg_patch}, native spacing", "threads": args.threads,
                      "label_note": "phantom labels are exact ground truth (procedural)"},
