@@ -176,13 +176,11 @@ def _axial_montage(path: Path, rows: list[tuple[str, object, object, tuple | Non
     ``rows``: (row title, image Volume, label Volume or None, HU window or None for a percentile window).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     from medgen.io.geometry import reorient
-    from medgen.viz import label_colormap, percentile_window, plane_slice
+    from medgen.viz import label_legend, label_overlay, percentile_window, plane_slice
     depth = reorient(rows[0][1], "RAS").shape[2]
     ks = np.linspace(depth * 0.1, depth * 0.9, n_slices).astype(int)
-    cmap = label_colormap()
     fig, axes = plt.subplots(len(rows), n_slices, figsize=(2.4 * n_slices, 2.1 * len(rows) + 1.0), squeeze=False)
     for r, (label, image, overlay, window) in enumerate(rows):
         win = window or percentile_window(image.array)
@@ -193,11 +191,9 @@ def _axial_montage(path: Path, rows: list[tuple[str, object, object, tuple | Non
             ax.imshow(img, cmap="gray", vmin=win[0], vmax=win[1], aspect=aspect, interpolation="nearest")
             if overlay is not None:
                 ov = plane_slice(overlay, "axial", int(k))[0]
-                ax.imshow(np.ma.masked_where(ov == 0, ov), cmap=cmap, vmin=0, vmax=cmap.N - 1, alpha=0.5,
-                          aspect=aspect, interpolation="nearest")
+                ax.imshow(label_overlay(ov, alpha=0.5), aspect=aspect, interpolation="nearest")
             ax.set_title(f"{label} z={k}" if c == 0 else f"z={k}", fontsize=7)
-    handles = [Patch(color=cmap(i), label=f"{i}:{n}") for i, n in sorted(names.items()) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7)
+    label_legend(fig, names, sorted(names), ncol=6)
     fig.suptitle(title + "  (axial, from the feet: patient's right on the viewer's left, anterior up)", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=90)

@@ -73,10 +73,37 @@ def plane_slice(volume: Volume, plane: str, index: int | None = None) -> tuple[n
 
 
 def label_colormap(n_labels: int = 32) -> ListedColormap:
-    """Distinct colours per label id; id 0 is transparent."""
-    base = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
-    colours = np.vstack([[0, 0, 0, 0]] + [base[i % 20] for i in range(n_labels)])
+    """Distinct colours per label id; id 0 is transparent (the colours of :func:`label_colour`)."""
+    colours = np.vstack([[0, 0, 0, 0]] + [label_colour(i) for i in range(1, n_labels + 1)])
     return ListedColormap(colours)
+
+
+def label_colour(label_id: int) -> tuple[float, float, float, float]:
+    """The overlay colour (RGBA) of a label id: tab20's colours, cycling every 20 ids, so every id
+    has one (TotalSegmentator's ids reach 117)."""
+    r, g, b = plt.get_cmap("tab20").colors[(int(label_id) - 1) % 20]
+    return float(r), float(g), float(b), 1.0
+
+
+def label_overlay(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGBA picture of a 2D label slice in :func:`label_colour` colours (0 stays transparent)."""
+    table = np.array([label_colour(i)[:3] for i in range(1, 21)])
+    ids = np.asarray(labels).astype(np.int64)
+    rgba = np.zeros((*ids.shape, 4))
+    inside = ids > 0
+    rgba[inside, :3] = table[(ids[inside] - 1) % 20]
+    rgba[inside, 3] = alpha
+    return rgba
+
+
+def label_legend(fig, label_names: dict[int, str], ids: list[int], *, ncol: int = 5, fontsize: int = 7):
+    """A colour legend ``id:name`` of ``ids`` along the bottom of ``fig``; returns it (or None)."""
+    from matplotlib.patches import Patch
+    handles = [Patch(color=label_colour(i), alpha=0.7, label=f"{i}:{label_names.get(i, i)}") for i in ids if i]
+    if not handles:
+        return None
+    return fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), fontsize=fontsize,
+                      frameon=False)
 
 
 def volume_panels(volume: Volume, *, window: tuple[float, float] | None = None, overlay: Volume | None = None,
@@ -99,13 +126,17 @@ def volume_panels(volume: Volume, *, window: tuple[float, float] | None = None, 
 
 
 def save_panels_png(path: str | Path, rows: list[list[Panel]], *, title: str = "", panel_size: float = 3.0,
-                    dpi: int = 100) -> Path:
-    """Save a grid of panels (one list per row) as a PNG, atomically."""
+                    dpi: int = 100, legend: dict[int, str] | None = None) -> Path:
+    """Save a grid of panels (one list per row) as a PNG, atomically.
+
+    ``legend``: label id -> name of the overlaid labels, drawn as a colour legend below the panels.
+    """
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     title_h = 0.2 * (title.count("\n") + 1) + 0.2 if title else 0.0  # inches reserved above the panels
-    fig_h = panel_size * n_rows + title_h
+    ncol = 2 * n_cols
+    legend_h = 0.22 * -(-len(legend) // ncol) + 0.1 if legend else 0.0  # inches reserved below
+    fig_h = panel_size * n_rows + title_h + legend_h
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols, fig_h), squeeze=False)
-    cmap_labels = label_colormap()
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -116,14 +147,14 @@ def save_panels_png(path: str | Path, rows: list[list[Panel]], *, title: str = "
             lo, hi = p.window if p.window is not None else percentile_window(p.image)
             ax.imshow(p.image, cmap=p.cmap, vmin=lo, vmax=hi, aspect=p.aspect, interpolation="nearest")
             if p.overlay is not None:
-                ov = np.ma.masked_where(p.overlay == 0, p.overlay)
-                ax.imshow(ov, cmap=cmap_labels, vmin=0, vmax=cmap_labels.N - 1, alpha=0.45, aspect=p.aspect,
-                          interpolation="nearest")
+                ax.imshow(label_overlay(p.overlay), aspect=p.aspect, interpolation="nearest")
             if p.title:
                 ax.set_title(p.title, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - title_h / fig_h))
+    if legend:
+        label_legend(fig, legend, sorted(legend), ncol=ncol)
+    fig.tight_layout(rect=(0, legend_h / fig_h, 1, 1 - title_h / fig_h))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)

@@ -3,7 +3,8 @@
 Rows are the MR, the synthetic CT (soft-tissue window) and the MR with the mask overlaid;
 columns are axial, coronal and sagittal slices through the mask's centre of mass (so the
 segmented organs are in view), displayed in radiological convention with the voxel aspect ratio
-(:mod:`medgen.viz`). The title lists the label ids and names present (colours follow the ids).
+(:mod:`medgen.viz`). The title names the case; a colour legend below lists the ids and names of
+the labels present (every id has its own colour, :func:`medgen.viz.label_colour`).
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def save_chain_qc(path: str | Path, mr: Volume, sct: Volume | None, mask: Volume
         rows.append(volume_panels(sct, window=CT_SOFT_TISSUE, title="synthetic CT", centre=centre))
     rows.append(volume_panels(mr, overlay=mask, title="mask on MR", centre=centre))
     present = [int(i) for i in np.unique(mask.array) if i != 0]
-    return save_panels_png(path, rows, title=qc_heading(title, present, label_names))
+    legend = {i: str(label_names.get(i, i)) for i in present}
+    heading = qc_heading(title, present)
+    return save_panels_png(path, rows, title=heading, legend=legend)
 
 
-def qc_heading(title: str, present: list[int], label_names: dict[int, str], *, width: int = QC_LINE_CHARS) -> str:
-    """The QC picture's heading: the title, then ``id:name`` of the labels present, wrapped to
-    ``width`` characters a line so that long label lists stay inside the picture."""
+def qc_heading(title: str, present: list[int], *, width: int = QC_LINE_CHARS) -> str:
+    """The QC picture's heading: the title wrapped to ``width`` characters a line (so it stays
+    inside the picture), or "no labels found" under it when the mask is empty."""
     import textwrap
-    legend = ", ".join(f"{i}:{label_names.get(i, i)}" for i in present[:24])
-    lines = [title] if title else []
-    lines += textwrap.wrap(legend, width=width, break_long_words=False, break_on_hyphens=False)
-    return "\n".join(lines) or "no labels found"
+    lines = textwrap.wrap(title, width=width, break_long_words=False, break_on_hyphens=False) if title else []
+    if not present:
+        lines.append("no labels found")
+    return "\n".join(lines)
