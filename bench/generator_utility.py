@@ -19,6 +19,9 @@ Scenario: labelled CT is scarce (``--n-real`` phantom CTs, default 2). We
      patches drawn from the real cases; 0.5 by default, fixed before looking at any result);
    * ``real_plus_synthetic_pooled``: the naive alternative, both folders pooled and every case
      drawn equally often (2 real among 16 synthetic: real patches only 11% of the time);
+   * ``synthetic_then_real``: pre-train on synthetic, fine-tune on real -- the ``synthetic_only``
+     model (same seed) fine-tuned on the real CTs for the same number of steps
+     (``train.init_from``);
    * ``real_rich_N`` (with ``--n-rich N``): a data-rich real reference. It is also the check
      that the segmenter trains long enough to be data-limited: it must clearly beat
      ``real_only``, else the comparison measures the step budget rather than the data.
@@ -76,7 +79,7 @@ def _write_phantoms(folder: Path, seeds, shape, spacing) -> tuple[Path, Path, li
     return folder / "images", folder / "labels", phantoms
 
 
-def _segmenter_config(args, seed: int, real_fraction: float | None):
+def _segmenter_config(args, seed: int, real_fraction: float | None, init_from: Path | None = None):
     from medgen.config import load_config
     from medgen.training.segmenter import SegmenterConfig
     overrides = ["data.spacing=null", f"data.patch_size={args.seg_patch}", "network.channels=[8, 16, 32, 64]",
@@ -84,6 +87,8 @@ def _segmenter_config(args, seed: int, real_fraction: float | None):
                  "train.checkpoint_every=500", "train.log_every=50", f"train.seed={seed}"]
     if real_fraction is not None:
         overrides.append(f"data.real_fraction={real_fraction}")
+    if init_from is not None:
+        overrides.append(f"train.init_from={init_from}")
     return load_config(None, SegmenterConfig, default="segmenter/ct_unet", overrides=overrides)
 
 
@@ -156,7 +161,8 @@ def main(argv=None) -> dict:
                         help="data.real_fraction of the real_plus_synthetic arm")
     parser.add_argument("--arms", default="real_only,real_plus_synthetic,real_rich,synthetic_only",
                         help="comma list of real_only, synthetic_only, real_plus_synthetic, "
-                             "real_plus_synthetic_pooled, real_rich (needs --n-rich)")
+                             "real_plus_synthetic_pooled, synthetic_then_real (fine-tunes the synthetic_only "
+                             "model on the real CTs), real_rich (needs --n-rich)")
     parser.add_argument("--seed", type=int, default=0, help="generator and synthetic data seed")
     parser.add_argument("--seg-seeds", default="0", help="comma list of segmenter seeds; every arm runs each")
     parser.add_argument("--threads", type=int, default=1)
@@ -244,7 +250,10 @@ def main(argv=None) -> dict:
         rich_img, rich_lbl, _ = _write_phantoms(out / "rich", range(RICH_SEEDS_START, RICH_SEEDS_START + args.n_rich),
                                                 shape, spacing)
         available[f"real_rich_{args.n_rich}"] = ({"images": [str(rich_img)], "labels": [str(rich_lbl)]}, None)
+    available["synthetic_then_real"] = (real_in, None)  # fine-tunes the synthetic_only arm's model
     wanted = [f"real_rich_{args.n_rich}" if a.strip() == "real_rich" else a.strip() for a in args.arms.split(",")]
+    if "synthetic_then_real" in wanted and "synthetic_only" not in wanted[:wanted.index("synthetic_then_real")]:
+        wanted.insert(wanted.index("synthetic_then_real"), "synthetic_only")
     unknown = [a for a in wanted if a not in available]
     if unknown:
         parser.error(f"unknown or unavailable arms {unknown}; available: {sorted(available)}")
@@ -254,7 +263,8 @@ def main(argv=None) -> dict:
         inputs, real_fraction = available[arm]
         per_seed = {}
         for seg_seed in seg_seeds:
-            config = _segmenter_config(args, seg_seed, real_fraction)
+            pretrained = out / f"seg_synthetic_only_seed{seg_seed}" / "bundle" if arm == "synthetic_then_real" else None
+            config = _segmenter_config(args, seg_seed, real_fraction, pretrained)
             per_seed[seg_seed] = _run_arm(inputs, out / f"seg_{arm}_seed{seg_seed}", config, test, names)
             timings[f"segmenter_{arm}_seed{seg_seed}_s"] = per_seed[seg_seed]["train_and_eval_s"]
             log.info("%s seed %d: mean Dice %.3f", arm, seg_seed, per_seed[seg_seed]["mean_dice"])
@@ -284,7 +294,7 @@ def _summary(utility: dict, n_rich: int) -> dict:
         return out
     if "synthetic_only" in utility:
         out["synthetic_only_fraction_of_real_only_dice"] = round(utility["synthetic_only"]["mean_dice"] / base, 3)
-    for arm in ("real_plus_synthetic", "real_plus_synthetic_pooled", f"real_rich_{n_rich}"):
+    for arm in ("real_plus_synthetic", "real_plus_synthetic_pooled", "synthetic_then_real", f"real_rich_{n_rich}"):
         if arm in utility:
             out[f"{arm}_minus_real_only_dice"] = round(utility[arm]["mean_dice"] - base, 4)
     rich = utility.get(f"real_rich_{n_rich}", {}).get("mean_dice")

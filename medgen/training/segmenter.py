@@ -89,6 +89,10 @@ class TrainConfig(StrictModel):
     log_every: int = 20
     validate_every: int = 250
     checkpoint_every: int = 250
+    init_from: str | None = Field(None, description=(
+        "a medgen segmenter (run folder, bundle folder or MLflow URI) whose weights start the training: "
+        "fine-tuning, e.g. pre-train on synthetic volumes and fine-tune on the few real ones; "
+        "same network settings and label ids required"))
 
 
 class ExportConfig(StrictModel):
@@ -110,6 +114,28 @@ def input_spec(config: SegmenterConfig) -> InputSpec:
     return InputSpec(spacing=None if config.data.spacing is None else tuple(config.data.spacing),
                      a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True,
                      patch_size=tuple(config.data.patch_size), overlap=config.export.overlap)
+
+
+def load_initial_weights(net: torch.nn.Module, ref: str) -> None:
+    """Copy the weights of the medgen segmenter ``ref`` into ``net`` (fine-tuning start).
+
+    The bundle is rebuilt from its allow-listed description and its weights are loaded with
+    ``weights_only=True`` (:mod:`medgen.models.bundle`). A checkpoint left by ``--resume`` still
+    wins: the training loop restores it after this.
+    """
+    from medgen.errors import ModelError
+    from medgen.models.bundle import load_bundle, resolve_model
+    spec = load_bundle(resolve_model(ref), kind="segmenter")
+    source = spec.build().state_dict()
+    target = net.state_dict()
+    mismatched = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
+    if mismatched or set(source) - set(target):
+        raise ModelError(f"cannot start from it: its network differs ({len(mismatched)} tensors differ in name or "
+                         f"shape, e.g. {mismatched[:2]})", path=spec.path,
+                         fix="use the same network settings and label ids as that model (its config.yaml), or drop "
+                             "train.init_from")
+    net.load_state_dict(source)
+    log.info("initial weights from %s", spec.path)
 
 
 def build_network(config: SegmenterConfig, n_classes: int) -> tuple[torch.nn.Module, dict]:
@@ -437,6 +463,8 @@ class SegmenterTask:
         self.device = device
         self.dtype = resolve_precision(config.train.precision, device)
         net, self.network_desc = build_network(config, self.n_classes)
+        if config.train.init_from:
+            load_initial_weights(net, config.train.init_from)
         self.net = distributed.wrap_ddp(net.to(device), device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         steps = max(1, config.train.steps)

@@ -107,6 +107,18 @@ def test_train_few_steps_export_and_reload(tmp_path):
                     include=["liver", "spleen", "kidney_left"], max_steps=6, resume=True, mlflow=False)
     assert max(r["step"] for r in read_history(run)) == 6
 
+    # fine-tuning start (train.init_from): the exported weights, exactly; another network is refused
+    from medgen.errors import ModelError
+    from medgen.training.segmenter import build_network, load_initial_weights
+    import torch
+    net, _ = build_network(config, 4)
+    load_initial_weights(net, str(run))
+    exported = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in exported.items())
+    wider = load_config(None, SegmenterConfig, default="segmenter/ct_unet", overrides=[*TINY, "network.channels=[8,8]"])
+    with pytest.raises(ModelError, match="network differs"):
+        load_initial_weights(build_network(wider, 4)[0], str(run))
+
 
 def test_label_ids_without_names_are_an_error(tmp_path):
     from medgen.pipelines.train_segmenter import train_segmenter
