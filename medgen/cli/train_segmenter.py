@@ -33,6 +33,10 @@ def register(trainers) -> None:
                              "(default: every case equally often)")
     parser.add_argument("--synthetic-labels", nargs="+", default=None, metavar="LBL",
                         help="their label maps (e.g. OUT/labels)")
+    parser.add_argument("--init-from", default=None, metavar="MODEL",
+                        help="start from this medgen segmenter's weights (fine-tuning; same network settings and "
+                             "labels), e.g. one trained on synthetic volumes, then fine-tuned here on the real ones; "
+                             "same as --set train.init_from=MODEL")
     parser.set_defaults(handler=run)
 
 
@@ -44,6 +48,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     config = load_config(args.config, SegmenterConfig, default=DEFAULT_CONFIG, overrides=overrides)
     include = [s.strip() for s in args.include.split(",") if s.strip()] if args.include else None
     bundle = train_segmenter(config, images=args.images, labels=args.labels, output=args.output,

@@ -127,3 +127,14 @@ def test_label_ids_without_names_are_an_error(tmp_path):
     with pytest.raises(InputError, match="does not name"):
         train_segmenter(config, images=imgs, labels=labs, output=tmp_path / "r",
                         label_names={0: "background", 3: "liver"}, max_steps=1, mlflow=False)
+
+
+def test_init_from_a_missing_model_is_one_clear_error(tmp_path, capsys):
+    from medgen.cli import main
+    imgs, labs, names = _write_phantoms(tmp_path, [0], shape=(24, 24, 12), spacing=(8, 8, 12))
+    code = main(["train", "segmenter", "--images", str(imgs[0]), "--labels", str(labs[0]), "--label-names",
+                 f"{names}#phantom", "-o", str(tmp_path / "run"), "--init-from", str(tmp_path / "no_model"),
+                 "--max-steps", "1", "--no-mlflow", "-q", *[a for o in TINY for a in ("--set", o)]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no_model" in err[0] and "does not exist" in err[0]
+    assert not (tmp_path / "run" / "bundle").exists()
