@@ -22,6 +22,8 @@ Scenario: labelled CT is scarce (``--n-real`` phantom CTs, default 2). We
    * ``synthetic_then_real``: pre-train on synthetic, fine-tune on real -- the ``synthetic_only``
      model (same seed) fine-tuned on the real CTs for the same number of steps
      (``train.init_from``);
+   * ``real_only_matched``: the real CTs alone for twice the steps, the same total as
+     ``synthetic_then_real`` (its fair control: more steps alone also help);
    * ``real_rich_N`` (with ``--n-rich N``): a data-rich real reference. It is also the check
      that the segmenter trains long enough to be data-limited: it must clearly beat
      ``real_only``, else the comparison measures the step budget rather than the data.
@@ -79,11 +81,12 @@ def _write_phantoms(folder: Path, seeds, shape, spacing) -> tuple[Path, Path, li
     return folder / "images", folder / "labels", phantoms
 
 
-def _segmenter_config(args, seed: int, real_fraction: float | None, init_from: Path | None = None):
+def _segmenter_config(args, seed: int, real_fraction: float | None, init_from: Path | None = None,
+                      steps: int | None = None):
     from medgen.config import load_config
     from medgen.training.segmenter import SegmenterConfig
     overrides = ["data.spacing=null", f"data.patch_size={args.seg_patch}", "network.channels=[8, 16, 32, 64]",
-                 f"train.steps={args.segmenter_steps}", "train.validate_every=100000",
+                 f"train.steps={steps or args.segmenter_steps}", "train.validate_every=100000",
                  "train.checkpoint_every=500", "train.log_every=50", f"train.seed={seed}"]
     if real_fraction is not None:
         overrides.append(f"data.real_fraction={real_fraction}")
@@ -162,7 +165,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--arms", default="real_only,real_plus_synthetic,real_rich,synthetic_only",
                         help="comma list of real_only, synthetic_only, real_plus_synthetic, "
                              "real_plus_synthetic_pooled, synthetic_then_real (fine-tunes the synthetic_only "
-                             "model on the real CTs), real_rich (needs --n-rich)")
+                             "model on the real CTs), real_only_matched (real only for twice the steps: the "
+                             "same total as synthetic_then_real), real_rich (needs --n-rich)")
     parser.add_argument("--seed", type=int, default=0, help="generator and synthetic data seed")
     parser.add_argument("--seg-seeds", default="0", help="comma list of segmenter seeds; every arm runs each")
     parser.add_argument("--threads", type=int, default=1)
@@ -251,6 +255,7 @@ def main(argv=None) -> dict:
                                                 shape, spacing)
         available[f"real_rich_{args.n_rich}"] = ({"images": [str(rich_img)], "labels": [str(rich_lbl)]}, None)
     available["synthetic_then_real"] = (real_in, None)  # fine-tunes the synthetic_only arm's model
+    available["real_only_matched"] = (real_in, None)  # real only, as many steps as synthetic_then_real in all
     wanted = [f"real_rich_{args.n_rich}" if a.strip() == "real_rich" else a.strip() for a in args.arms.split(",")]
     if "synthetic_then_real" in wanted and "synthetic_only" not in wanted[:wanted.index("synthetic_then_real")]:
         wanted.insert(wanted.index("synthetic_then_real"), "synthetic_only")
@@ -264,7 +269,8 @@ def main(argv=None) -> dict:
         per_seed = {}
         for seg_seed in seg_seeds:
             pretrained = out / f"seg_synthetic_only_seed{seg_seed}" / "bundle" if arm == "synthetic_then_real" else None
-            config = _segmenter_config(args, seg_seed, real_fraction, pretrained)
+            steps = 2 * args.segmenter_steps if arm == "real_only_matched" else None
+            config = _segmenter_config(args, seg_seed, real_fraction, pretrained, steps)
             per_seed[seg_seed] = _run_arm(inputs, out / f"seg_{arm}_seed{seg_seed}", config, test, names)
             timings[f"segmenter_{arm}_seed{seg_seed}_s"] = per_seed[seg_seed]["train_and_eval_s"]
             log.info("%s seed %d: mean Dice %.3f", arm, seg_seed, per_seed[seg_seed]["mean_dice"])
@@ -294,9 +300,13 @@ def _summary(utility: dict, n_rich: int) -> dict:
         return out
     if "synthetic_only" in utility:
         out["synthetic_only_fraction_of_real_only_dice"] = round(utility["synthetic_only"]["mean_dice"] / base, 3)
-    for arm in ("real_plus_synthetic", "real_plus_synthetic_pooled", "synthetic_then_real", f"real_rich_{n_rich}"):
+    for arm in ("real_plus_synthetic", "real_plus_synthetic_pooled", "synthetic_then_real", "real_only_matched",
+                f"real_rich_{n_rich}"):
         if arm in utility:
             out[f"{arm}_minus_real_only_dice"] = round(utility[arm]["mean_dice"] - base, 4)
+    if "synthetic_then_real" in utility and "real_only_matched" in utility:  # the same training steps in all
+        out["synthetic_then_real_minus_real_only_matched_dice"] = round(
+            utility["synthetic_then_real"]["mean_dice"] - utility["real_only_matched"]["mean_dice"], 4)
     rich = utility.get(f"real_rich_{n_rich}", {}).get("mean_dice")
     if rich and "synthetic_only" in utility:
         out["synthetic_only_fraction_of_real_rich_dice"] = round(utility["synthetic_only"]["mean_dice"] / rich, 3)
