@@ -31,15 +31,18 @@ Scenario: labelled CT is scarce (``--n-real`` phantom CTs, default 2). We
    Each arm runs once per ``--seg-seeds`` seed (segmenter init and patch sampling; the
    generator and its synthetic data use ``--seed``); the summary reports mean and spread.
 
-Measured (2026-11-24, ``--n-rich 8 --seg-seeds 0,1`` and all 5 arms, 1 thread, ~8 min per arm and
-seed): mean Dice on the 4 held-out phantoms, mean of 2 segmenter seeds (min-max): real_only 0.792
-(0.792-0.793), synthetic_only 0.791 (0.791-0.791; 99.8% of real_only), real_plus_synthetic
-(real_fraction 0.5) 0.794 (0.792-0.796; +0.0015, within the seed spread, so no demonstrated
-gain), real_plus_synthetic_pooled 0.795 (0.794-0.796; the sampling rate does not matter here
-either), real_rich_8 0.841 (0.839-0.844). The arms are data-limited (8 real beat 2 real by 0.049),
-and the synthetic CTs alone are as useful as the 2 real ones, but they add nothing on top of
-them, presumably because the synthetic anatomies are warps of the same 2 label maps (new shapes,
-not new anatomy; untested). Realism: HU Wasserstein mean 37.5 (real-vs-real 17.8).
+Measured (2026-11-24, 1 thread; mean Dice on the 4 held-out phantoms, mean of the segmenter
+seeds with min-max). Session 2, seeds 0-1, no per-structure moves: real_only 0.792 (0.792-0.793),
+synthetic_only 0.791 (99.8% of real_only), real_plus_synthetic (real_fraction 0.5) 0.794
+(+0.0015, within the seed spread), real_plus_synthetic_pooled 0.795, real_rich_8 0.841.
+Session 3, per-structure moves on (the generator configs' default), seeds 0-2:
+synthetic_then_real 0.811 (0.806-0.817) against real_only_matched (4000 real steps) 0.8015
+(0.800-0.802): +0.009, every fine-tuned seed above every control seed; against real_only at
+2000 steps (seeds 0-1) +0.015. synthetic_only 0.788 (0.783-0.796). Mixing in one run
+(real_plus_synthetic) still ties (+0.0025). A 1500-step bf16 generator (``--generator-steps 1500
+--generator-set train.precision=bf16``, 673 s) improved realism (HU Wasserstein mean 37.4 -> 24.3,
+real-vs-real 17.8) but not utility. Note that 2000 steps are not enough for real_only to
+converge (4000 steps: +0.010), hence the matched control.
 
 Prints one JSON document on stdout (logs go to stderr). Resumable: each finished arm writes
 ``OUT/seg_<arm>_seed<S>/bench_arm.json`` (Dice and training seconds) and a re-run with the same
