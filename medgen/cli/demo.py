@@ -16,7 +16,7 @@ def register(sub) -> None:
         "medgen demo --quick -o medgen-demo",
         description="Generate phantoms, preprocess, train a CT segmenter, an MR->CT translator and an anatomy "
                     "generator, segment held-out MRs through the chain and the baselines, evaluate, and write "
-                    "OUT_DIR/report.html (+ report.md, metrics.json, figures/) and MLflow runs. About 30 minutes "
+                    "OUT_DIR/report.html (+ report.md, metrics.json, figures/) and MLflow runs. About 15 minutes "
                     "on a 2-core CPU; --quick about 3 minutes.")
     parser.add_argument("-o", "--output", default="medgen-demo", metavar="OUT_DIR",
                         help="output folder (re-running into a previous demo's folder replaces its results)")
