@@ -193,7 +193,7 @@ def _axial_montage(path: Path, rows: list[tuple[str, object, object, tuple | Non
                 ov = plane_slice(overlay, "axial", int(k))[0]
                 ax.imshow(label_overlay(ov, alpha=0.5), aspect=aspect, interpolation="nearest")
             ax.set_title(f"{label} z={k}" if c == 0 else f"z={k}", fontsize=7)
-    label_legend(fig, names, sorted(names), ncol=6)
+    label_legend(fig, names, ncol=6)
     fig.suptitle(title + "  (axial, from the feet: patient's right on the viewer's left, anterior up)", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=90)

@@ -96,10 +96,12 @@ def label_overlay(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     return rgba
 
 
-def label_legend(fig, label_names: dict[int, str], ids: list[int], *, ncol: int = 5, fontsize: int = 7):
-    """A colour legend ``id:name`` of ``ids`` along the bottom of ``fig``; returns it (or None)."""
+def label_legend(fig, label_names: dict[int, str], *, ncol: int = 5, fontsize: int = 7):
+    """A colour legend ``id:name`` of the labels in ``label_names`` (background 0 left out), in id
+    order, along the bottom of ``fig``; returns it (or None when there is nothing to show)."""
     from matplotlib.patches import Patch
-    handles = [Patch(color=label_colour(i), alpha=0.7, label=f"{i}:{label_names.get(i, i)}") for i in ids if i]
+    handles = [Patch(color=label_colour(i), alpha=0.7, label=f"{i}:{name}") for i, name in sorted(label_names.items())
+               if i]
     if not handles:
         return None
     return fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), fontsize=fontsize,
@@ -153,7 +155,7 @@ def save_panels_png(path: str | Path, rows: list[list[Panel]], *, title: str = "
     if title:
         fig.suptitle(title, fontsize=10)
     if legend:
-        label_legend(fig, legend, sorted(legend), ncol=ncol)
+        label_legend(fig, legend, ncol=ncol)
     fig.tight_layout(rect=(0, legend_h / fig_h, 1, 1 - title_h / fig_h))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")

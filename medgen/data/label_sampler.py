@@ -151,11 +151,11 @@ def structure_displacement(rng: np.random.Generator, labels: np.ndarray, spacing
     points = np.indices(coarse.shape, dtype=np.float32) * coarse_spacing.reshape(3, 1, 1, 1).astype(np.float32)
     pull = np.zeros((3, *coarse.shape), np.float32)
     total = ndimage.gaussian_filter((coarse == 0).astype(np.float32), sigma, mode="nearest")
-    for value in np.unique(labels):
-        if value == 0:
-            continue
+    ids = [int(v) for v in np.unique(labels) if v != 0]
+    centroids = ndimage.center_of_mass(labels > 0, labels, ids)  # one pass over the map for all labels
+    for value, centroid in zip(ids, centroids):
         weight = ndimage.gaussian_filter((coarse == value).astype(np.float32), sigma, mode="nearest")
-        centre = np.argwhere(labels == value).mean(0) * spacing
+        centre = np.asarray(centroid) * spacing
         k = 1.0 + rng.uniform(-config.structure_scale, config.structure_scale)
         shift = rng.uniform(-config.structure_shift_mm, config.structure_shift_mm, 3)
         own = (points - centre.reshape(3, 1, 1, 1)) * (1.0 - 1.0 / k) + (shift / k).reshape(3, 1, 1, 1)
