@@ -11,8 +11,8 @@ from medgen.errors import InputError
 from medgen.io.geometry import reorient
 from medgen.io.volume import Volume
 from medgen.io.writers import write_volume
-from medgen.training.segmenter import (SegmenterConfig, align_label, augment_intensity, plan_labels,
-                                       read_label_names)
+from medgen.training.segmenter import (SegmenterConfig, align_label, augment_intensity, augment_label_intensity,
+                                       plan_labels, read_label_names)
 
 TINY = ["data.patch_size=[32,32,16]", "network.channels=[4,8]", "network.strides=[2]", "data.spacing=[4,4,6]",
         "train.validate_every=4", "train.checkpoint_every=4", "train.log_every=2"]
@@ -73,6 +73,28 @@ def test_intensity_augmentation_stays_in_range_and_changes_values():
     assert not torch.allclose(x, y)
     off = cfg.model_copy(update={"prob": 0.0})
     assert torch.allclose(augment_intensity(x, off, torch.Generator().manual_seed(0)), x, atol=1e-6)
+
+
+def test_label_intensity_shift_moves_each_structure_by_its_own_offset():
+    import torch
+    cfg = SegmenterConfig().augment.model_copy(update={"prob": 1.0, "label_shift": 0.3})
+    y = torch.zeros(1, 1, 8, 8, 4, dtype=torch.long)
+    y[..., :4, :, :] = 1
+    y[..., 4:6, :, :] = 2  # label 3 absent; rows 6-7 background
+    x = torch.rand(1, 1, 8, 8, 4, generator=torch.Generator().manual_seed(1)) * 0.4 - 0.2
+    out = augment_label_intensity(x, y, cfg, torch.Generator().manual_seed(0))
+    delta = out - x
+    assert torch.all(delta[y == 0] == 0)                       # background untouched
+    for label in (1, 2):                                       # one offset per structure, within bounds
+        d = delta[y == label]
+        assert torch.allclose(d, d[0].expand_as(d), atol=1e-6) and 0 < d[0].abs() <= 0.3
+    assert not torch.isclose(delta[y == 1][0], delta[y == 2][0])
+    shifts = [augment_label_intensity(x, y, cfg, torch.Generator().manual_seed(s))[y == 1][0] - x[y == 1][0]
+              for s in range(200)]
+    assert min(shifts) < -0.2 and max(shifts) > 0.2             # both directions, full range used
+    assert torch.equal(augment_label_intensity(x, y, cfg.model_copy(update={"label_shift": 0.0}),
+                                               torch.Generator().manual_seed(0)), x)
+    assert augment_label_intensity(torch.full_like(x, 0.95), y, cfg, torch.Generator().manual_seed(3)).max() <= 1
 
 
 @pytest.mark.slow
