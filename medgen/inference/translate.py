@@ -65,7 +65,7 @@ class Translator:
     network: torch.nn.Module
     spatial_dims: int
     context: int
-    ct_window: tuple[float, float]
+    ct_window: tuple[float, ...]
     preprocess: dict
     settings: dict = field(default_factory=dict)
     source: str | None = None

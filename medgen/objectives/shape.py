@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgen.transforms.intensity import unit_to_hu
+
 __all__ = ["TranslatorSpaceSegmenter"]
 
 
@@ -80,8 +82,7 @@ class TranslatorSpaceSegmenter(nn.Module):
         return self
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.ct_window
-        hu = (x.float() + 1.0) * 0.5 * (hi - lo) + lo
+        hu = unit_to_hu(x.float(), self.ct_window)
         a, b = self.hu_range
         c, d = self.out_range
         y = (hu - a) / (b - a) * (d - c) + c

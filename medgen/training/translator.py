@@ -149,7 +149,7 @@ class TranslatorConfig(StrictModel):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
     @property
-    def ct_window(self) -> tuple[float, float]:
+    def ct_window(self) -> tuple[float, ...]:
         return tuple(float(w) for w in self.preprocess.ct.ct.window)
 
     @model_validator(mode="after")

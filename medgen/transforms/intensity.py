@@ -3,7 +3,10 @@
 CT: a fixed Hounsfield-unit window ``(lo, hi)`` maps linearly onto [-1, 1]; values outside the
 window are clipped. Because the mapping is a fixed affine function it is restored exactly by
 :func:`unit_to_hu` for every value inside the window (the only information lost is what lay
-outside it, e.g. dense bone above ``hi``).
+outside it, e.g. dense bone above ``hi``). A window of more than two HU values
+``(h0, h1, ..., hn)`` is piecewise linear: the knots map onto evenly spaced points of [-1, 1],
+so e.g. ``(-1000, -500, 500, 1000)`` gives the soft-tissue range [-500, 500] two thirds of the
+network's range and keeps air and dense bone representable (still exactly invertible).
 
 MR: intensities have no physical unit, so :func:`robust_normalize` maps the ``lower``..``upper``
 percentiles (optionally measured inside a body mask) onto [-1, 1] and clips. The two percentile
@@ -25,6 +28,35 @@ def _check_window(window) -> tuple[float, float]:
     if not hi > lo:
         raise ValueError(f"window must be (lo, hi) with hi > lo, got {window!r}")
     return lo, hi
+
+
+def check_knots(window) -> tuple[float, ...]:
+    """A CT window as a tuple of floats: at least two HU values, strictly increasing."""
+    knots = tuple(float(w) for w in window)
+    if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
+        raise ValueError(f"window must be 2 or more strictly increasing HU values, got {window!r}")
+    return knots
+
+
+def _piecewise(x, xp: tuple[float, ...], fp: tuple[float, ...]):
+    """Piecewise-linear map through ``(xp[i], fp[i])``, extended linearly beyond both ends."""
+    if _is_numpy(x):
+        x = np.asarray(x)
+        out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+        y = x.astype(np.float64, copy=False)
+        xs, fs = np.asarray(xp), np.asarray(fp)
+        i = np.clip(np.searchsorted(xs, y, side="right") - 1, 0, len(xs) - 2)
+        return (fs[i] + (y - xs[i]) * (fs[i + 1] - fs[i]) / (xs[i + 1] - xs[i])).astype(out_dtype)
+    import torch
+    y = x if x.is_floating_point() else x.float()
+    xs = torch.tensor(xp, dtype=y.dtype, device=y.device)
+    fs = torch.tensor(fp, dtype=y.dtype, device=y.device)
+    i = (torch.bucketize(y, xs, right=True) - 1).clamp(0, len(xp) - 2)
+    return fs[i] + (y - xs[i]) * (fs[i + 1] - fs[i]) / (xs[i + 1] - xs[i])
+
+
+def _unit_knots(n: int) -> tuple[float, ...]:
+    return tuple(-1.0 + 2.0 * k / (n - 1) for k in range(n))
 
 
 def _is_numpy(x) -> bool:
@@ -78,7 +110,8 @@ def hu_to_unit(hu, window=(-1000.0, 1000.0)):
 
     Args:
         hu: CT values in HU (NumPy array or torch tensor).
-        window: ``(lo, hi)`` in HU; ``lo`` maps to -1 and ``hi`` to +1.
+        window: ``(lo, hi)`` in HU; ``lo`` maps to -1 and ``hi`` to +1. More than two values are
+            piecewise-linear knots mapped onto evenly spaced points of [-1, 1].
 
     Returns:
         The same type as ``hu`` (float), values in [-1, 1].
@@ -88,8 +121,17 @@ def hu_to_unit(hu, window=(-1000.0, 1000.0)):
         array([-1., -1.,  0.,  1.,  1.])
         >>> hu_to_unit(np.array([40.0]), window=(-160, 240))
         array([0.])
+        >>> hu_to_unit(np.array([-1000.0, -500.0, 250.0, 500.0, 2000.0]), window=(-1000, -500, 500, 1000)).round(4)
+        array([-1.    , -0.3333,  0.1667,  0.3333,  1.    ])
     """
-    return range_to_unit(hu, *window, clip=True)
+    knots = check_knots(window)
+    if len(knots) == 2:
+        return range_to_unit(hu, *knots, clip=True)
+    if _is_numpy(hu):
+        hu = np.clip(np.asarray(hu), knots[0], knots[-1])
+    else:
+        hu = (hu if hu.is_floating_point() else hu.float()).clamp(knots[0], knots[-1])
+    return _piecewise(hu, knots, _unit_knots(len(knots)))
 
 
 def unit_to_hu(x, window=(-1000.0, 1000.0), *, clip: bool = False):
@@ -105,8 +147,16 @@ def unit_to_hu(x, window=(-1000.0, 1000.0), *, clip: bool = False):
         >>> hu = np.array([-1000.0, -137.5, 0.0, 412.25, 1000.0])
         >>> np.allclose(unit_to_hu(hu_to_unit(hu)), hu)
         True
+        >>> knots = (-1000, -500, 500, 1000)
+        >>> np.allclose(unit_to_hu(hu_to_unit(hu, knots), knots), hu)
+        True
     """
-    return unit_to_range(x, *window, clip=clip)
+    knots = check_knots(window)
+    if len(knots) == 2:
+        return unit_to_range(x, *knots, clip=clip)
+    if clip:
+        x = np.clip(np.asarray(x), -1.0, 1.0) if _is_numpy(x) else x.clamp(-1.0, 1.0)
+    return _piecewise(x, _unit_knots(len(knots)), knots)
 
 
 def robust_normalize(array, mask=None, lower: float = 0.5, upper: float = 99.5):

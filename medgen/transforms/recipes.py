@@ -75,16 +75,17 @@ class MaskConfig(StrictModel):
 
 
 class CTConfig(StrictModel):
-    """CT intensity mapping: HU ``window`` (lo, hi) -> [-1, 1]."""
+    """CT intensity mapping: HU ``window`` (lo, hi) -> [-1, 1] linearly, or through more HU knots
+    (strictly increasing, mapped onto evenly spaced points of [-1, 1]; see
+    :func:`medgen.transforms.intensity.hu_to_unit`)."""
 
-    window: tuple[float, float] = (-1000.0, 1000.0)
+    window: tuple[float, ...] = (-1000.0, 1000.0)
 
     @field_validator("window")
     @classmethod
     def _ordered(cls, value):
-        if not value[1] > value[0]:
-            raise ValueError("window must be (lo, hi) with hi > lo")
-        return value
+        from medgen.transforms.intensity import check_knots
+        return check_knots(value)
 
 
 class MRConfig(StrictModel):

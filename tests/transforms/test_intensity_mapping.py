@@ -39,8 +39,31 @@ def test_ct_window_works_on_torch_tensors_and_keeps_the_type():
 
 
 def test_ct_window_rejects_an_empty_window():
-    with pytest.raises(ValueError, match="hi > lo"):
+    with pytest.raises(ValueError, match="strictly increasing"):
         hu_to_unit(np.zeros(3), (100, 100))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        hu_to_unit(np.zeros(3), (-1000, 200, 100, 1000))
+
+
+def test_piecewise_ct_window_expands_soft_tissue_and_inverts_exactly():
+    import torch
+    # every interval gets the same share of [-1, 1]: dense knots in soft tissue expand it
+    knots = (-1000.0, -200.0, -100.0, 0.0, 100.0, 200.0, 1000.0)
+    hu = np.array([-1500.0, -1000.0, -800.0, -100.0, 50.0, 700.0, 1000.0, 2500.0])
+    unit = hu_to_unit(hu, knots)
+    assert unit.min() == -1 and unit.max() == 1 and np.all(np.diff(unit) >= 0)
+    assert hu_to_unit(np.array([-200.0, -100.0, 0.0]), knots) == pytest.approx([-2 / 3, -1 / 3, 0.0])
+    # fat (-100) vs muscle (50): 1/3 unit per 100 HU instead of 0.1 (linear [-1000, 1000])
+    fat_muscle = hu_to_unit(np.array([-100.0, 50.0]), knots)
+    assert fat_muscle[1] - fat_muscle[0] == pytest.approx(0.5)
+    inside = hu[(hu >= -1000) & (hu <= 1000)]
+    assert np.allclose(unit_to_hu(hu_to_unit(inside, knots), knots), inside, atol=1e-4)
+    # torch and numpy agree, in both directions
+    t = hu_to_unit(torch.tensor(hu, dtype=torch.float32), knots)
+    assert np.allclose(t.numpy(), unit, atol=1e-6)
+    back = unit_to_hu(torch.linspace(-1, 1, 9), knots)
+    assert np.allclose(back.numpy(), unit_to_hu(np.linspace(-1, 1, 9), knots), atol=1e-3)
+    assert unit_to_hu(np.array([1.5]), knots, clip=True)[0] == pytest.approx(1000.0)
 
 
 def test_robust_normalize_maps_percentiles_to_unit_range_inside_the_mask():
