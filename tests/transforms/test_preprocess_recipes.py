@@ -197,6 +197,25 @@ def test_config_loading_and_validation():
         load_preprocess_config(None, "ct", ["ct.window=[100, -100]"])
     with pytest.raises(ConfigError, match="orientation"):
         load_preprocess_config(None, "ct", ["orientation=RAR"])
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        load_preprocess_config(None, "ct", ["ct.window=[-1000, 0, -100, 1000]"])
+
+
+def test_piecewise_ct_window_is_recorded_and_inverted_exactly(phantom):
+    image, _ = oriented(phantom, "axial_lps")
+    knots = [-1000.0, -200.0, 0.0, 200.0, 1000.0]
+    config = load_preprocess_config(None, "ct", [f"ct.window={knots}", "spacing=null"])
+    result = preprocess(image, config)
+    record = json.loads(json.dumps(result.record))
+    assert record["intensity"]["window"] == knots
+    unit = result.image.array
+    assert unit.min() >= -1 and unit.max() <= 1
+    # soft tissue spreads over half the unit range: [-200, 200] HU -> [-0.5, 0.5]
+    soft = (unit > -0.5) & (unit < 0.5)
+    assert soft.mean() > 0.3
+    back = invert(result.image, record, restore_intensity=True)
+    mask = invert(result.body_mask, record, order=0).array > 0
+    np.testing.assert_allclose(back.array[mask], np.clip(image.array, -1000, 1000)[mask], atol=1e-3)
 
 
 @pytest.mark.real_data
