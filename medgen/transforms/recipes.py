@@ -45,7 +45,7 @@ from medgen.io.geometry import resample_to_grid
 from medgen.io.volume import Volume
 from medgen.transforms._base import grid_of
 from medgen.transforms.checks import check_modality, check_not_constant
-from medgen.transforms.intensity import unit_to_hu, unit_to_range
+from medgen.transforms.intensity import check_knots, unit_to_hu, unit_to_range
 from medgen.transforms.reorient import check_axcodes
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ class CTConfig(StrictModel):
     @field_validator("window")
     @classmethod
     def _ordered(cls, value):
-        from medgen.transforms.intensity import check_knots
         return check_knots(value)
 
 
