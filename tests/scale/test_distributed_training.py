@@ -56,8 +56,12 @@ def write_phantoms(folder: Path, n: int = 2) -> tuple[list[str], list[str]]:
     return mrs, cts
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+def subprocess_env(tmp_dir: Path, **extra: str) -> dict[str, str]:
+    """The launcher's environment: 1 thread per rank, no inherited rank variables, and its temp
+    files (torchrun's ``torchelastic_*`` folders) under the test's ``tmp_dir``, not /tmp."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(tmp_dir),
+               **extra)
     env.pop("MLFLOW_TRACKING_URI", None)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -75,7 +79,8 @@ def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "medgen", "train", "translator", *TINY_TRANSLATOR,
            "--mr", *mrs, "--ct", *cts, "-o", str(run_dir), "--max-steps", "3", "-q"]
-    proc = subprocess.run(cmd, env=subprocess_env(MEDGEN_DEBUG_PARAM_DUMP=str(dump)), capture_output=True,
+    env = subprocess_env(tmp_path / "tmp", MEDGEN_DEBUG_PARAM_DUMP=str(dump))
+    proc = subprocess.run(cmd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -151,7 +156,8 @@ def test_segmenter_and_generator_under_torchrun_keep_identical_replicas(tmp_path
            "--master_port", str(free_port()), "-m", "medgen", "train", trainer, "--images", *images, "--labels",
            *labels, "--label-names", str(names), "-o", str(run_dir), "--max-steps", "2", "--device", "cpu", "-q",
            "--set", "train.checkpoint_every=2", "--set", "train.validate_every=100", *TINY_OTHERS[trainer]]
-    proc = subprocess.run(cmd, env=subprocess_env(MEDGEN_DEBUG_PARAM_DUMP=str(dump)), capture_output=True,
+    env = subprocess_env(tmp_path / "tmp", MEDGEN_DEBUG_PARAM_DUMP=str(dump))
+    proc = subprocess.run(cmd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     local = ("gen", "sampler")
