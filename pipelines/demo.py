@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
-from pydantic import Field
 
 from medgen.config import StrictModel, load_config
 
@@ -100,9 +99,6 @@ class DemoConfig(StrictModel):
     preprocess: PreprocessSettings = PreprocessSettings()
     segmenter: TrainSettings = TrainSettings(config="segmenter/ct_unet", max_steps=200)
     translator: TrainSettings = TrainSettings(config="translator/cyclegan_25d", max_steps=400)
-    #: translator runs with seeds seed, seed+1, ...; the one whose discriminator finds its synthetic CT
-    #: most CT-like is used (medgen.training.translator_selection). 1: a single run.
-    translator_candidates: int = Field(default=1, ge=1)
     translator_shape_consistency: bool = False
     generator: GeneratorSettings = GeneratorSettings(config="generator/label2ct", max_steps=200)
     baselines: list[Literal["none", "histogram"]] = ["none", "histogram"]
@@ -258,31 +254,22 @@ def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, prepr
     """Train the MR->CT translator on unpaired training MRs and CTs (validated on a paired phantom)."""
     from medgen.pipelines.train_translator import train_translator
     from medgen.training.translator import TranslatorConfig
-    from medgen.training.translator_selection import pick_translator_run
     stage = cfg.translator
+    overrides = [f"seed={cfg.seed}", *stage.overrides]
+    if cfg.translator_shape_consistency and segmenter_dir:
+        overrides.append(f"loss.shape_segmenter={segmenter_dir}")
+    config = load_config(stage.config, TranslatorConfig, default=stage.config, overrides=overrides)
     if preprocessed:
         mr_inputs, ct_inputs = [preprocessed["mr"]], [preprocessed["ct"]]
     else:
         mr_inputs = [c["mr"] for c in phantoms["sets"]["mr_train"]]
         ct_inputs = [c["ct"] for c in phantoms["sets"]["ct_train"]]
     val = phantoms["sets"].get("val", [])
-    run_dirs = []
-    for k in range(cfg.translator_candidates):
-        overrides = [f"seed={cfg.seed + k}", *stage.overrides]
-        if cfg.translator_shape_consistency and segmenter_dir:
-            overrides.append(f"loss.shape_segmenter={segmenter_dir}")
-        config = load_config(stage.config, TranslatorConfig, default=stage.config, overrides=overrides)
-        run_dir = out_dir / "runs" / ("translator" if k == 0 else f"translator_seed{cfg.seed + k}")
-        train_translator(config, mr_inputs=mr_inputs, ct_inputs=ct_inputs, run_dir=run_dir,
-                         max_steps=stage.max_steps, device=cfg.device, val_mr=[c["mr"] for c in val] or None,
-                         val_ct=[c["ct"] for c in val] or None, mlflow=mlflow)
-        run_dirs.append(run_dir)
-    chosen, scores = pick_translator_run(run_dirs)
-    if len(run_dirs) > 1:
-        log.info("translator runs (final g_adv_ct, lower = more CT-like to its discriminator): %s; using %s",
-                 {Path(d).name: round(v, 3) for d, v in scores.items()}, chosen.name)
-    return {"run_dir": str(chosen), "bundle": str(chosen / "bundle"),
-            "candidates": {Path(d).name: v for d, v in scores.items()}}
+    run_dir = out_dir / "runs" / "translator"
+    bundle = train_translator(config, mr_inputs=mr_inputs, ct_inputs=ct_inputs, run_dir=run_dir,
+                              max_steps=stage.max_steps, device=cfg.device, val_mr=[c["mr"] for c in val] or None,
+                              val_ct=[c["ct"] for c in val] or None, mlflow=mlflow)
+    return {"run_dir": str(run_dir), "bundle": str(bundle)}
 
 
 def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_dir: str,
