@@ -154,7 +154,7 @@ def make_paired_case(case_id: str, mr, ct, config: TranslatorConfig, device, dty
     result = preprocess(mr, config.preprocess.mr)
     ref = resample_like(ct, mr, order=1, cval=AIR_HU).array.astype(np.float32)
     mask = object_mask if object_mask is not None else body_mask(ref, threshold=-500.0)
-    lo, hi = config.ct_window[0], config.ct_window[-1]
+    lo, hi = config.ct_range
     ref_clipped = np.clip(ref, lo, hi)
     settings = config.inference.model_dump()
 
@@ -199,7 +199,7 @@ def export_translator(folder: str | Path, config: TranslatorConfig, generator, *
     multiple = 2 ** m.n_down
     channels = kwargs["in_channels"]
     shape_rule = [f"{multiple}*n"] * m.spatial_dims
-    lo, hi = config.ct_window[0], config.ct_window[-1]
+    lo, hi = config.ct_range
     metadata = {
         "task": "MR to CT translation (synthetic CT)",
         "description": "Unpaired CycleGAN generator G: MR -> CT. Apply with `medgen translate`; inputs are MR "
@@ -216,7 +216,8 @@ def export_translator(folder: str | Path, config: TranslatorConfig, generator, *
         },
     }
     extra = {"spatial_dims": m.spatial_dims, "context": m.context if m.spatial_dims == 2 else 1,
-             "ct_window": list(config.ct_window), "patch_size": list(config.data.patch_size), "slice_axis": "RAS axis 2 (axial)",
+             "ct_window": list(config.ct_window), "patch_size": list(config.data.patch_size),
+             "slice_axis": "RAS axis 2 (axial)",
              "inference": config.inference.model_dump(mode="json"),
              "ct_preprocess": config.preprocess.ct.model_dump(mode="json"), "trained_steps": steps}
     spec = BundleSpec(kind="translator", network={"name": GENERATOR_NAME, "kwargs": kwargs},

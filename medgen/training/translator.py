@@ -152,6 +152,12 @@ class TranslatorConfig(StrictModel):
     def ct_window(self) -> tuple[float, ...]:
         return tuple(float(w) for w in self.preprocess.ct.ct.window)
 
+    @property
+    def ct_range(self) -> tuple[float, float]:
+        """The lowest and highest HU the synthetic CT can take (the window's end knots)."""
+        window = self.ct_window
+        return window[0], window[-1]
+
     @model_validator(mode="after")
     def _check(self):
         if len(self.data.patch_size) != self.model.spatial_dims:

@@ -80,8 +80,7 @@ def test_translator_torchrun_two_ranks_stay_identical_and_resume(tmp_path, one_t
            "--master_port", str(free_port()), "-m", "medgen", "train", "translator", *TINY_TRANSLATOR,
            "--mr", *mrs, "--ct", *cts, "-o", str(run_dir), "--max-steps", "3", "-q"]
     env = subprocess_env(tmp_path / "tmp", MEDGEN_DEBUG_PARAM_DUMP=str(dump))
-    proc = subprocess.run(cmd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     ranks = [torch.load(dump / f"rank_{r}.pt", weights_only=True) for r in (0, 1)]
@@ -157,8 +156,7 @@ def test_segmenter_and_generator_under_torchrun_keep_identical_replicas(tmp_path
            *labels, "--label-names", str(names), "-o", str(run_dir), "--max-steps", "2", "--device", "cpu", "-q",
            "--set", "train.checkpoint_every=2", "--set", "train.validate_every=100", *TINY_OTHERS[trainer]]
     env = subprocess_env(tmp_path / "tmp", MEDGEN_DEBUG_PARAM_DUMP=str(dump))
-    proc = subprocess.run(cmd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     local = ("gen", "sampler")
     a, b = (torch.load(dump / f"rank_{r}.pt", weights_only=True)["state"] for r in (0, 1))
