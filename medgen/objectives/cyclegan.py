@@ -33,6 +33,13 @@ medgen's additions (each optional, weight 0 disables it):
 * ``histogram`` -- intensity-distribution matching: L1 between the quantiles of G(x) inside the
   MR body mask and of the (unpaired) real CT batch inside its body mask. Label-free; it pins the
   tissue HU levels, which the adversarial loss enforces only weakly in a wide HU window.
+* ``seg_adv`` -- output-space adversarial term (Tsai et al., CVPR 2018, "Learning to adapt
+  structured output space"): a discriminator D_SEG sees the frozen CT segmenter's class
+  probabilities, S(y) for real CT against S(G(x)); G learns (through S) to make synthetic CT
+  that S segments into CT-like anatomy, which is what the MR -> CT -> segmenter chain needs.
+* ``class_intensity`` -- per-tissue levels: the frozen CT segmenter S's classes on G(x) must
+  have the mean intensity of the same classes in real CT
+  (:class:`medgen.objectives.class_intensity.ClassIntensityMatch`).
 
 The networks may be DistributedDataParallel wrappers: the generator step calls the
 *unwrapped* discriminators (their weights are not updated there, so no gradient sync is wanted).
@@ -62,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgen.objectives.class_intensity import ClassIntensityMatch
 from medgen.objectives.image_pool import ImagePool
 from medgen.training.distributed import unwrap
 
@@ -96,6 +104,10 @@ class CycleGANObjective(nn.Module):
         lambda_shape: weight of the shape-consistency term.
         lambda_air: weight of the "air stays air outside the MR body mask" term.
         lambda_histogram: weight of the quantile-matching term between G(x) and real CT in the bodies.
+        lambda_class_intensity: weight of the per-class mean-intensity term (needs ``segmenter``).
+        d_seg: the output-space discriminator D_SEG on the segmenter's class probabilities (2.5D
+            stacks flattened to ``K * C`` channels), or None.
+        lambda_seg_adv: weight of G's adversarial term against D_SEG.
         cycle_noise: std of the Gaussian noise added to each translation before the cycle's way
             back (0 disables; drawn from torch's global RNG, which the training loop checkpoints).
         seed: seed of the image pools' random streams.
@@ -108,8 +120,9 @@ class CycleGANObjective(nn.Module):
                  lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  structure: nn.Module | None = None, lambda_structure: float = 1.0,
                  segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
-                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, cycle_noise: float = 0.0,
-                 seed: int = 0, batch_passes: bool = True):
+                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, lambda_class_intensity: float = 0.0,
+                 d_seg: nn.Module | None = None, lambda_seg_adv: float = 0.0,
+                 cycle_noise: float = 0.0, seed: int = 0, batch_passes: bool = True):
         super().__init__()
         self.batch_passes = batch_passes
         self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
@@ -126,6 +139,14 @@ class CycleGANObjective(nn.Module):
             segmenter.eval()
             for p in segmenter.parameters():
                 p.requires_grad_(False)
+        self.lambda_class_intensity = float(lambda_class_intensity)
+        if self.lambda_class_intensity > 0 and segmenter is None:
+            raise ValueError("lambda_class_intensity needs a segmenter (the classes come from it)")
+        self.class_intensity = ClassIntensityMatch(segmenter) if self.lambda_class_intensity > 0 else None
+        self.d_seg = d_seg
+        self.lambda_seg_adv = float(lambda_seg_adv)
+        if d_seg is not None and segmenter is None:
+            raise ValueError("d_seg (output-space adversarial term) needs a segmenter")
         self.pool_ct = ImagePool(pool_size, seed=seed)
         self.pool_mr = ImagePool(pool_size, seed=seed + 1)
 
@@ -181,12 +202,22 @@ class CycleGANObjective(nn.Module):
         if self.lambda_histogram > 0:
             losses["histogram"] = quantile_distance(fake_ct, real_ct, mr_mask, ct_mask)
             total = total + self.lambda_histogram * losses["histogram"]
+        images_extra = {}
+        if self.d_seg is not None:
+            seg_fake = self.segment_probabilities(fake_ct)
+            with _frozen(unwrap(self.d_seg)):
+                losses["adv_seg"] = lsgan_loss(_score(unwrap(self.d_seg), seg_fake), True)
+            total = total + self.lambda_seg_adv * losses["adv_seg"]
+            images_extra["seg_fake"] = seg_fake.detach()
+        if self.class_intensity is not None:
+            losses["class_intensity"] = self.class_intensity(fake_ct, real_ct, mr_mask, ct_mask)
+            total = total + self.lambda_class_intensity * losses["class_intensity"]
         if self.segmenter is not None and self.lambda_shape > 0:
             losses["shape"] = self.shape_loss(real_ct, rec_ct, ct_labels)
             total = total + self.lambda_shape * losses["shape"]
         losses["total"] = total
         images = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(), "rec_mr": rec_mr.detach(),
-                  "rec_ct": rec_ct.detach()}
+                  "rec_ct": rec_ct.detach(), **images_extra}
         return losses, images
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,13 +235,25 @@ class CycleGANObjective(nn.Module):
         logits = _logits(self.segmenter(rec_ct)).float()
         return F.cross_entropy(logits, ct_labels.long())
 
+    def segment_probabilities(self, ct: torch.Tensor) -> torch.Tensor:
+        """The frozen segmenter's class probabilities on a CT batch, as D_SEG's input: (B, K, ...)
+        with a 2.5D stack's slices folded into the channels, (B, K * C, X, Y)."""
+        p = torch.softmax(_logits(self.segmenter(ct)).float(), dim=1)
+        return p.flatten(1, 2) if p.ndim == ct.ndim + 1 else p
+
     def discriminator_loss(self, real_mr: torch.Tensor, real_ct: torch.Tensor, fake_ct: torch.Tensor,
-                           fake_mr: torch.Tensor) -> dict[str, torch.Tensor]:
-        """LSGAN losses of D_CT and D_MR on real images and pooled (detached) fakes."""
+                           fake_mr: torch.Tensor, *, seg_fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """LSGAN losses of D_CT and D_MR on real images and pooled (detached) fakes, and of D_SEG
+        (when set) on the segmenter's probabilities for ``real_ct`` against ``seg_fake``."""
         fake_ct = self.pool_ct.query(fake_ct.detach())
         fake_mr = self.pool_mr.query(fake_mr.detach())
         losses = {"d_ct": self._d_loss(self.d_ct, real_ct, fake_ct), "d_mr": self._d_loss(self.d_mr, real_mr, fake_mr)}
         losses["total"] = losses["d_ct"] + losses["d_mr"]
+        if self.d_seg is not None and seg_fake is not None:
+            with torch.no_grad():
+                seg_real = self.segment_probabilities(real_ct)
+            losses["d_seg"] = self._d_loss(self.d_seg, seg_real, seg_fake.detach())
+            losses["total"] = losses["total"] + losses["d_seg"]
         return losses
 
     def _d_loss(self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -232,11 +275,17 @@ class CycleGANObjective(nn.Module):
         return self.generator_loss(real_mr, real_ct, **kwargs)
 
     def pools_state_dict(self) -> dict:
-        return {"ct": self.pool_ct.state_dict(), "mr": self.pool_mr.state_dict()}
+        """The objective's per-process state: the image pools (and the class-intensity reference)."""
+        state = {"ct": self.pool_ct.state_dict(), "mr": self.pool_mr.state_dict()}
+        if self.class_intensity is not None:
+            state["class_intensity"] = self.class_intensity.state_dict_for_resume()
+        return state
 
     def load_pools_state_dict(self, state: dict) -> None:
         self.pool_ct.load_state_dict(state["ct"])
         self.pool_mr.load_state_dict(state["mr"])
+        if self.class_intensity is not None:
+            self.class_intensity.load_state_dict_for_resume(state.get("class_intensity", {}))
 
 
 def quantile_distance(a: torch.Tensor, b: torch.Tensor, mask_a: torch.Tensor | None = None,

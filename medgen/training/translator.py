@@ -78,6 +78,10 @@ class ModelConfig(StrictModel):
     stem_kernel: int = 7
     disc_features: int = 32
     disc_layers: int = 3
+    disc_ct_windows: list[list[float]] = Field(default_factory=list, description=(
+        "extra HU windows D_CT sees the CT through, as channels beside the translator's own view "
+        "(e.g. [[-200, 300]], a soft-tissue window): fat/muscle contrast as visible to D as the body "
+        "outline (medgen.objectives.ct_views); empty = the translator's view only"))
 
     @model_validator(mode="after")
     def _check(self):
@@ -85,6 +89,9 @@ class ModelConfig(StrictModel):
             raise ValueError("context must be odd (a centre slice with the same number of neighbours each side)")
         if self.spatial_dims == 3 and self.context != 1:
             raise ValueError("context must be 1 for spatial_dims 3")
+        for window in self.disc_ct_windows:
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ValueError(f"disc_ct_windows entries are [lo, hi] HU with lo < hi, got {window}")
         return self
 
 
@@ -107,11 +114,25 @@ class LossConfig(StrictModel):
     lambda_structure: float = 5.0
     lambda_air: float = 1.0
     lambda_histogram: float = 0.0
+    lambda_class_intensity: float = Field(0.0, ge=0, description=(
+        "per-tissue levels: the shape segmenter's classes on G(MR) pulled to their mean HU in real CT "
+        "(medgen.objectives.class_intensity); needs shape_segmenter; 0 = off"))
     cycle_noise: float = Field(0.0, ge=0, description=(
         "std of Gaussian noise (in [-1, 1] units) added to each translation before the cycle translates it "
         "back: defeats CycleGAN's steganography (hidden codes instead of anatomy); 0 = off"))
     shape_segmenter: str | None = None
     lambda_shape: float = 1.0
+    lambda_seg_adv: float = Field(0.0, ge=0, description=(
+        "output-space adversarial term: a discriminator on the shape segmenter's class maps of real CT vs "
+        "G(MR), so G makes CT the segmenter reads as CT anatomy; needs shape_segmenter; 0 = off"))
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("lambda_class_intensity", "lambda_seg_adv"):
+            if getattr(self, name) > 0 and not self.shape_segmenter:
+                raise ValueError(f"loss.{name} needs loss.shape_segmenter (a CT segmenter bundle: the tissue "
+                                 f"classes come from it); set it, or {name}=0")
+        return self
 
 
 class TrainConfig(StrictModel):
@@ -180,20 +201,44 @@ def generator_kwargs(model: ModelConfig) -> dict:
             "upsample": model.upsample, "dropout": model.dropout, "stem_kernel": model.stem_kernel}
 
 
-def build_networks(model: ModelConfig) -> dict[str, torch.nn.Module]:
-    """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised."""
+def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str, torch.nn.Module]:
+    """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised.
+
+    ``ct_window`` (the translator's HU window) is needed only for ``model.disc_ct_windows``."""
     from monai.networks.nets import PatchDiscriminator
 
     from medgen.networks.resnet_generator import ResnetGenerator
     kwargs = generator_kwargs(model)
     nets = {"g_mr2ct": ResnetGenerator(**kwargs), "g_ct2mr": ResnetGenerator(**kwargs)}
+    views = None
+    if model.disc_ct_windows:
+        from medgen.objectives.ct_views import WindowedViews
+        views = WindowedViews(ct_window, model.disc_ct_windows)
     for name in ("d_ct", "d_mr"):
+        factor = views.factor if name == "d_ct" and views is not None else 1
         nets[name] = PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features,
-                                        in_channels=kwargs["in_channels"], num_layers_d=model.disc_layers,
+                                        in_channels=kwargs["in_channels"] * factor, num_layers_d=model.disc_layers,
                                         norm="INSTANCE")
+    if views is not None:
+        nets["d_ct"] = torch.nn.Sequential(views, nets["d_ct"])
     for net in nets.values():
         _init_weights(net)
     return nets
+
+
+def build_seg_discriminator(model: ModelConfig, segmenter: torch.nn.Module, patch_size: list[int]) -> torch.nn.Module:
+    """D_SEG: a patch discriminator on the segmenter's class probabilities (its channel count read
+    from one forward pass of the segmenter on a patch-sized batch)."""
+    from monai.networks.nets import PatchDiscriminator
+    channels = model.context if model.spatial_dims == 2 else 1
+    with torch.no_grad():
+        logits = segmenter(torch.zeros(1, channels, *patch_size, device=next(segmenter.parameters()).device))
+    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+    in_channels = logits.shape[1] * (channels if logits.ndim == 2 + len(patch_size) + 1 else 1)
+    net = PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features, in_channels=in_channels,
+                             num_layers_d=model.disc_layers, norm="INSTANCE")
+    _init_weights(net)
+    return net
 
 
 def _init_weights(net: torch.nn.Module, gain: float = 0.02) -> None:
@@ -264,7 +309,9 @@ class TranslatorTask:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tracker = tracker
         m, d, loss, train = config.model, config.data, config.loss, config.train
-        nets = build_networks(m)
+        nets = build_networks(m, config.ct_window)
+        if segmenter is not None and loss.lambda_seg_adv > 0:
+            nets["d_seg"] = build_seg_discriminator(m, segmenter, d.patch_size)
         for net in nets.values():
             net.to(self.device)
         # DDP wrappers (no-ops in one process); the objective unwraps discriminators where needed
@@ -274,13 +321,15 @@ class TranslatorTask:
             lambda_cycle=loss.lambda_cycle, lambda_identity=loss.lambda_identity, pool_size=loss.pool_size,
             structure=build_structure_loss(loss.structure), lambda_structure=loss.lambda_structure,
             segmenter=segmenter.to(self.device) if segmenter is not None else None, lambda_shape=loss.lambda_shape,
-            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram, cycle_noise=loss.cycle_noise,
+            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram,
+            lambda_class_intensity=loss.lambda_class_intensity, cycle_noise=loss.cycle_noise,
+            d_seg=self.nets.get("d_seg"), lambda_seg_adv=loss.lambda_seg_adv,
             seed=config.seed + 17 * distributed.rank())
         betas = (train.beta1, train.beta2)
         self.opt_g = torch.optim.Adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
                                       lr=train.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(list(nets["d_ct"].parameters()) + list(nets["d_mr"].parameters()),
-                                      lr=train.lr, betas=betas)
+        d_params = [p for name in ("d_ct", "d_mr", "d_seg") if name in nets for p in nets[name].parameters()]
+        self.opt_d = torch.optim.Adam(d_params, lr=train.lr, betas=betas)
         factor = linear_decay(train.steps, train.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
@@ -315,7 +364,8 @@ class TranslatorTask:
         if self.g_ema is not None:
             self.g_ema.update(distributed.unwrap(self.nets["g_mr2ct"]))
         with autocast(self.device, self.precision):
-            d_losses = self.objective.discriminator_loss(mr.image, ct.image, images["fake_ct"], images["fake_mr"])
+            d_losses = self.objective.discriminator_loss(mr.image, ct.image, images["fake_ct"], images["fake_mr"],
+                                                         seg_fake=images.get("seg_fake"))
         self.opt_d.zero_grad(set_to_none=True)
         d_losses["total"].backward()
         self.opt_d.step()

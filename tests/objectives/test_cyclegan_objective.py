@@ -6,6 +6,7 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from medgen.networks.resnet_generator import ResnetGenerator
+from medgen.objectives.class_intensity import ClassIntensityMatch
 from medgen.objectives.cyclegan import CycleGANObjective, lsgan_loss
 from medgen.objectives.image_pool import ImagePool
 from medgen.objectives.shape import TranslatorSpaceSegmenter
@@ -184,3 +185,118 @@ def test_quantile_distance_is_zero_for_equal_distributions_and_grows_with_offset
     y = x.clone().requires_grad_(True)
     quantile_distance(y, x + 0.1).backward()
     assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+class _ThresholdSegmenter(nn.Module):
+    """Class 1 where the (unit-range) intensity is above 0, class 0 below: a known tissue map."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(200.0))  # a parameter, to check nothing flows into it
+
+    def forward(self, x):
+        return torch.cat([-x, x], 1) * self.weight
+
+
+def test_class_intensity_pulls_each_class_to_its_real_ct_level():
+    seg = _ThresholdSegmenter()
+    term = ClassIntensityMatch(seg, momentum=0.0, min_mass=1.0)
+    real = torch.cat([torch.full((1, 1, 8, 8), -0.6), torch.full((1, 1, 8, 8), 0.4)], -1)  # levels -0.6 / 0.4
+    # a "grey" translation: both classes found but both too close to 0 (the low-contrast mode)
+    fake = torch.cat([torch.full((1, 1, 8, 8), -0.1), torch.full((1, 1, 8, 8), 0.1)], -1).requires_grad_(True)
+    loss = term(fake, real)
+    assert loss.item() == pytest.approx((0.5 + 0.3) / 2, abs=1e-4)
+    loss.backward()
+    left, right = fake.grad[..., :8], fake.grad[..., 8:]
+    # gradient descent lowers class 0 and raises class 1, every voxel of a class alike
+    assert (left > 0).all() and (right < 0).all()
+    assert torch.allclose(left, left.flatten()[0]) and torch.allclose(right, right.flatten()[0])
+    assert seg.weight.grad is None  # the classes are detached: G cannot game S
+    # at the real levels the term vanishes
+    assert term(real.clone(), real).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_class_intensity_scores_only_classes_present_on_both_sides_and_resumes():
+    seg = _ThresholdSegmenter()
+    term = ClassIntensityMatch(seg, momentum=0.5, min_mass=4.0)
+    real_a = torch.full((1, 1, 4, 4), -0.5)                     # only class 0 so far
+    fake = torch.cat([torch.full((1, 1, 4, 4), -0.2), torch.full((1, 1, 4, 4), 0.3)], -1)
+    assert term(fake, real_a).item() == pytest.approx(0.3, abs=1e-4)   # class 1 has no reference yet
+    real_b = torch.cat([torch.full((1, 1, 4, 4), -0.3), torch.full((1, 1, 4, 4), 0.8)], -1)
+    state = term.state_dict_for_resume()
+    resumed = ClassIntensityMatch(seg, momentum=0.5, min_mass=4.0)
+    resumed.load_state_dict_for_resume(state)
+    first, second = term(fake, real_b), resumed(fake, real_b)
+    assert first.item() == pytest.approx(second.item())
+    # EMA of weighted sums: batch weights (1-m)m = 0.25 (older) and 1-m = 0.5 (newer), 16 voxels each
+    assert term.reference_levels()[0].item() == pytest.approx((0.25 * -0.5 + 0.5 * -0.3) / 0.75, abs=1e-4)
+    assert term.reference_levels()[1].item() == pytest.approx(0.8, abs=1e-4)
+    # a class with too few voxels in the translation is not scored
+    mostly_low = torch.full((1, 1, 4, 8), -0.2)
+    mostly_low[..., 0, 0] = 0.5
+    assert term(mostly_low, real_b).item() == pytest.approx(abs(-0.2 - term.reference_levels()[0].item()), abs=1e-3)
+
+
+def test_class_intensity_in_the_objective_needs_a_segmenter_and_reaches_g_only():
+    g, f, d_ct, d_mr = _nets(channels=3)
+    with pytest.raises(ValueError, match="segmenter"):
+        CycleGANObjective(g, f, d_ct, d_mr, lambda_class_intensity=1.0)
+    from medgen.training.translator import TranslatorConfig
+    with pytest.raises(ValueError, match="shape_segmenter"):   # caught when the config is read
+        TranslatorConfig.model_validate({"loss": {"lambda_class_intensity": 1.0}})
+    torch.manual_seed(3)
+    seg_net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+    seg = TranslatorSpaceSegmenter(seg_net, segmenter_dims=3, ct_window=(-1000, 1000))  # 2.5D stacks as thin volumes
+    obj = CycleGANObjective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, lambda_class_intensity=1.0,
+                            lambda_cycle=0.0, pool_size=0)
+    mr, ct = _batch(channels=3)
+    losses, _ = obj.generator_loss(mr, ct)
+    assert losses["class_intensity"] > 0
+    (losses["class_intensity"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    assert all(p.grad is None for p in f.parameters()) and all(p.grad is None for p in seg_net.parameters())
+    assert "class_intensity" in obj.pools_state_dict()
+
+
+def test_windowed_views_show_soft_tissue_contrast_to_the_ct_discriminator():
+    from medgen.objectives.ct_views import WindowedViews
+    from medgen.training.translator import TranslatorConfig, build_networks
+    views = WindowedViews(ct_window=(-1000, 1000), windows=[(-200, 300)])
+    fat, muscle = torch.tensor([[[-0.117]]]), torch.tensor([[[0.036]]])   # -117 and +36 HU
+    assert (views(muscle) - views(fat))[0, 0].item() == pytest.approx(0.153, abs=1e-4)      # the wide view
+    assert (views(muscle) - views(fat))[0, 1].item() == pytest.approx(0.612, abs=1e-3)      # 4x in the soft view
+    x = torch.tensor([[[-0.5, 0.0, 0.9]]], requires_grad=True)           # air-ish, water, bone
+    views(x)[:, 1].sum().backward()
+    assert x.grad[0, 0].tolist() == pytest.approx([0.0, 4.0, 0.0])       # saturated view: no gradient there
+    config = TranslatorConfig.model_validate({"model": {"features": 4, "n_blocks": 1, "disc_features": 4,
+                                                        "disc_ct_windows": [[-200, 300]]}})
+    nets = build_networks(config.model, config.ct_window)
+    assert nets["d_ct"](torch.zeros(2, 3, 32, 32))[-1].shape[0] == 2   # 3 slices -> 6 channels inside
+    assert isinstance(nets["d_mr"], PatchDiscriminator)                  # D_MR is unchanged
+    with pytest.raises(ValueError, match="lo < hi"):
+        TranslatorConfig.model_validate({"model": {"disc_ct_windows": [[300, -200]]}})
+
+
+def test_output_space_adversary_trains_g_through_the_frozen_segmenter():
+    g, f, d_ct, d_mr = _nets(channels=3)
+    torch.manual_seed(4)
+    seg_net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+    seg = TranslatorSpaceSegmenter(seg_net, segmenter_dims=3, ct_window=(-1000, 1000))
+    d_seg = PatchDiscriminator(spatial_dims=2, channels=4, in_channels=3 * 3, norm="INSTANCE")  # K=3 classes x 3 slices
+    with pytest.raises(ValueError, match="segmenter"):
+        CycleGANObjective(g, f, d_ct, d_mr, d_seg=d_seg, lambda_seg_adv=1.0)
+    obj = CycleGANObjective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, d_seg=d_seg, lambda_seg_adv=1.0,
+                            lambda_cycle=0.0, pool_size=0)
+    mr, ct = _batch(channels=3)
+    probs = obj.segment_probabilities(ct)
+    assert probs.shape == (2, 9, 32, 32) and torch.allclose(probs.view(2, 3, 3, 32, 32).sum(1), torch.ones(2, 3, 32, 32))
+    losses, images = obj.generator_loss(mr, ct)
+    losses["adv_seg"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())   # through S into G
+    assert all(p.grad is None for p in d_seg.parameters()) and all(p.grad is None for p in seg_net.parameters())
+    d_losses = obj.discriminator_loss(mr, ct, images["fake_ct"], images["fake_mr"], seg_fake=images["seg_fake"])
+    assert d_losses["d_seg"] > 0 and torch.allclose(d_losses["total"], d_losses["d_ct"] + d_losses["d_mr"] + d_losses["d_seg"])
+    g.zero_grad()
+    d_losses["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d_seg.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in g.parameters())          # D step leaves G alone

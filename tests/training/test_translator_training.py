@@ -158,3 +158,21 @@ def test_cli_trains_validates_exports_registers_and_resumes(phantom_files, tmp_p
     mlflow.set_tracking_uri(info["tracking_uri"])
     version = mlflow.MlflowClient().search_model_versions("name='medgen-translator'")[0]
     assert version.run_id == info["run_id"]
+
+
+def test_segmenter_terms_train_their_discriminator_and_checkpoint_it(phantom_volumes):
+    from torch import nn
+
+    from medgen.objectives.shape import TranslatorSpaceSegmenter
+    mrs, cts = phantom_volumes
+    seed_everything(0)
+    seg = TranslatorSpaceSegmenter(nn.Conv2d(1, 3, 3, padding=1), segmenter_dims=2, ct_window=(-1000, 1000))
+    config = TranslatorConfig.model_validate({**TINY, "loss": {"pool_size": 3, "shape_segmenter": "given-below",
+                                                               "lambda_seg_adv": 1.0, "lambda_class_intensity": 1.0}})
+    task = TranslatorTask(config, mrs, cts, segmenter=seg)
+    before = {k: v.clone() for k, v in task.nets["d_seg"].state_dict().items()}
+    rows = [task.train_step(s) for s in (1, 2)]
+    assert all(np.isfinite(r[k]) for r in rows for k in ("g_adv_seg", "d_seg", "g_class_intensity"))
+    assert any(not torch.equal(before[k], v) for k, v in task.nets["d_seg"].state_dict().items())
+    state = task.state_dict()
+    assert "d_seg" in state["nets"] and "class_intensity" in state["pools"]
