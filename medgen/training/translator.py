@@ -125,6 +125,9 @@ class LossConfig(StrictModel):
     lambda_seg_adv: float = Field(0.0, ge=0, description=(
         "output-space adversarial term: a discriminator on the shape segmenter's class maps of real CT vs "
         "G(MR), so G makes CT the segmenter reads as CT anatomy; needs shape_segmenter; 0 = off"))
+    seg_adv_from: int = Field(0, ge=0, description=(
+        "training step after which G's output-space adversarial term counts (D_SEG trains from the start); "
+        "a later start leaves the early steps, where the translator's mode forms, to the other terms"))
 
     @model_validator(mode="after")
     def _check(self):
@@ -354,6 +357,8 @@ class TranslatorTask:
         for net in self.nets.values():
             net.train()
         bs = self.config.data.batch_size
+        loss = self.config.loss
+        self.objective.lambda_seg_adv = loss.lambda_seg_adv if step > loss.seg_adv_from else 0.0
         mr = self.mr_sampler.sample(bs).to(self.device)
         ct = self.ct_sampler.sample(bs).to(self.device)
         with autocast(self.device, self.precision):

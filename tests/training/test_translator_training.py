@@ -168,10 +168,15 @@ def test_segmenter_terms_train_their_discriminator_and_checkpoint_it(phantom_vol
     seed_everything(0)
     seg = TranslatorSpaceSegmenter(nn.Conv2d(1, 3, 3, padding=1), segmenter_dims=2, ct_window=(-1000, 1000))
     config = TranslatorConfig.model_validate({**TINY, "loss": {"pool_size": 3, "shape_segmenter": "given-below",
-                                                               "lambda_seg_adv": 1.0, "lambda_class_intensity": 1.0}})
+                                                               "lambda_seg_adv": 1.0, "seg_adv_from": 1,
+                                                               "lambda_class_intensity": 1.0}})
     task = TranslatorTask(config, mrs, cts, segmenter=seg)
     before = {k: v.clone() for k, v in task.nets["d_seg"].state_dict().items()}
-    rows = [task.train_step(s) for s in (1, 2)]
+    rows, weights = [], []
+    for step in (1, 2):   # G's term counts only after seg_adv_from = 1; D_SEG trains from the start
+        rows.append(task.train_step(step))
+        weights.append(task.objective.lambda_seg_adv)
+    assert weights == [0.0, 1.0]
     assert all(np.isfinite(r[k]) for r in rows for k in ("g_adv_seg", "d_seg", "g_class_intensity"))
     assert any(not torch.equal(before[k], v) for k, v in task.nets["d_seg"].state_dict().items())
     state = task.state_dict()
