@@ -111,7 +111,7 @@ def test_training_changes_weights_and_logs_finite_losses(phantom_volumes, tmp_pa
 
 
 @pytest.mark.parametrize("variant,extra", [("cyclegan_2d", []),
-                                           ("cyclegan_3d", ["model.stem_kernel=3", "model.disc_layers=2",
+                                           ("cyclegan_3d", ["model.stem_kernel=3", "model.disc_layers=2", "train.precision=fp32",
                                                             "inference.window_size=[32,32,16]"])])
 def test_2d_and_3d_variants_train_and_export(phantom_files, tmp_path, variant, extra):
     out = tmp_path / "run"
