@@ -208,7 +208,6 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
     """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised.
 
     ``ct_window`` (the translator's HU window) is needed only for ``model.disc_ct_windows``."""
-    from monai.networks.nets import PatchDiscriminator
 
     from medgen.networks.resnet_generator import ResnetGenerator
     kwargs = generator_kwargs(model)
@@ -219,9 +218,7 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
         views = WindowedViews(ct_window, model.disc_ct_windows)
     for name in ("d_ct", "d_mr"):
         factor = views.factor if name == "d_ct" and views is not None else 1
-        nets[name] = PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features,
-                                        in_channels=kwargs["in_channels"] * factor, num_layers_d=model.disc_layers,
-                                        norm="INSTANCE")
+        nets[name] = _patch_discriminator(model, kwargs["in_channels"] * factor)
     if views is not None:
         nets["d_ct"] = torch.nn.Sequential(views, nets["d_ct"])
     for net in nets.values():
@@ -232,16 +229,21 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
 def build_seg_discriminator(model: ModelConfig, segmenter: torch.nn.Module, patch_size: list[int]) -> torch.nn.Module:
     """D_SEG: a patch discriminator on the segmenter's class probabilities (its channel count read
     from one forward pass of the segmenter on a patch-sized batch)."""
-    from monai.networks.nets import PatchDiscriminator
-    channels = model.context if model.spatial_dims == 2 else 1
+    channels = generator_kwargs(model)["in_channels"]
     with torch.no_grad():
         logits = segmenter(torch.zeros(1, channels, *patch_size, device=next(segmenter.parameters()).device))
     logits = logits[0] if isinstance(logits, (list, tuple)) else logits
     in_channels = logits.shape[1] * (channels if logits.ndim == 2 + len(patch_size) + 1 else 1)
-    net = PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features, in_channels=in_channels,
-                             num_layers_d=model.disc_layers, norm="INSTANCE")
+    net = _patch_discriminator(model, in_channels)
     _init_weights(net)
     return net
+
+
+def _patch_discriminator(model: ModelConfig, in_channels: int) -> torch.nn.Module:
+    """A MONAI PatchDiscriminator with the config's width and depth (D_CT, D_MR and D_SEG)."""
+    from monai.networks.nets import PatchDiscriminator
+    return PatchDiscriminator(spatial_dims=model.spatial_dims, channels=model.disc_features, in_channels=in_channels,
+                              num_layers_d=model.disc_layers, norm="INSTANCE")
 
 
 def _init_weights(net: torch.nn.Module, gain: float = 0.02) -> None:
