@@ -73,7 +73,7 @@ from medgen.objectives.class_intensity import ClassIntensityMatch
 from medgen.objectives.image_pool import ImagePool
 from medgen.training.distributed import unwrap
 
-__all__ = ["CycleGANObjective", "lsgan_loss", "quantile_distance"]
+__all__ = ["CycleGANObjective", "lsgan_loss", "quantile_distance", "segment_probabilities"]
 
 
 def _score(discriminator: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -236,10 +236,9 @@ class CycleGANObjective(nn.Module):
         return F.cross_entropy(logits, ct_labels.long())
 
     def segment_probabilities(self, ct: torch.Tensor) -> torch.Tensor:
-        """The frozen segmenter's class probabilities on a CT batch, as D_SEG's input: (B, K, ...)
-        with a 2.5D stack's slices folded into the channels, (B, K * C, X, Y)."""
-        p = torch.softmax(_logits(self.segmenter(ct)).float(), dim=1)
-        return p.flatten(1, 2) if p.ndim == ct.ndim + 1 else p
+        """The frozen segmenter's class probabilities on a CT batch, as D_SEG's input (see
+        :func:`segment_probabilities`)."""
+        return segment_probabilities(self.segmenter, ct)
 
     def discriminator_loss(self, real_mr: torch.Tensor, real_ct: torch.Tensor, fake_ct: torch.Tensor,
                            fake_mr: torch.Tensor, *, seg_fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -305,6 +304,13 @@ def quantile_distance(a: torch.Tensor, b: torch.Tensor, mask_a: torch.Tensor | N
         return values[index]
 
     return (quantiles(a, mask_a) - quantiles(b, mask_b)).abs().mean()
+
+
+def segment_probabilities(segmenter: nn.Module | Callable, ct: torch.Tensor) -> torch.Tensor:
+    """``segmenter``'s class probabilities on a CT batch, laid out as D_SEG's input: (B, K, ...),
+    with a 2.5D stack's slices folded into the channels, (B, K * C, X, Y)."""
+    p = torch.softmax(_logits(segmenter(ct)).float(), dim=1)
+    return p.flatten(1, 2) if p.ndim == ct.ndim + 1 else p
 
 
 def _logits(out) -> torch.Tensor:

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from medgen.config import StrictModel
 from medgen.data.sampling import VolumeSampler
-from medgen.objectives.cyclegan import CycleGANObjective
+from medgen.objectives.cyclegan import CycleGANObjective, segment_probabilities
 from medgen.objectives.structure import build_structure_loss
 from medgen.runtime import autocast
 from medgen.training import distributed
@@ -208,7 +208,6 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
     """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised.
 
     ``ct_window`` (the translator's HU window) is needed only for ``model.disc_ct_windows``."""
-
     from medgen.networks.resnet_generator import ResnetGenerator
     kwargs = generator_kwargs(model)
     nets = {"g_mr2ct": ResnetGenerator(**kwargs), "g_ct2mr": ResnetGenerator(**kwargs)}
@@ -228,13 +227,12 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
 
 def build_seg_discriminator(model: ModelConfig, segmenter: torch.nn.Module, patch_size: list[int]) -> torch.nn.Module:
     """D_SEG: a patch discriminator on the segmenter's class probabilities (its channel count read
-    from one forward pass of the segmenter on a patch-sized batch)."""
+    from one forward pass of the segmenter on a patch-sized batch, in the objective's layout)."""
     channels = generator_kwargs(model)["in_channels"]
     with torch.no_grad():
-        logits = segmenter(torch.zeros(1, channels, *patch_size, device=next(segmenter.parameters()).device))
-    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-    in_channels = logits.shape[1] * (channels if logits.ndim == 2 + len(patch_size) + 1 else 1)
-    net = _patch_discriminator(model, in_channels)
+        probs = segment_probabilities(segmenter, torch.zeros(1, channels, *patch_size,
+                                                             device=next(segmenter.parameters()).device))
+    net = _patch_discriminator(model, probs.shape[1])
     _init_weights(net)
     return net
 
