@@ -88,7 +88,7 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
     import numpy as np
 
     from medgen.inference.chain import segment_mr_volume
-    from medgen.io.atomic import check_output_path, write_text_atomic
+    from medgen.io.atomic import check_output_path
     from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
 
@@ -115,26 +115,48 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
         written["qc"] = str(save_chain_qc(outputs.qc, mr, result.sct, result.mask, result.label_names,
                                           title=f"{case_id or mr_path.name}: {Path(str(options.translator)).name} -> "
                                                 f"{Path(str(options.segmenter)).name}"))
+    found = write_mask_outputs(result.mask, result.label_names, outputs, written, source=mr_path, image=mr,
+                               overwrite=options.overwrite, series_uid=options.series_uid,
+                               model_name=f"{Path(str(options.translator)).name} -> {Path(str(options.segmenter)).name}",
+                               info={"mr": str(mr_path), "translator": str(options.translator),
+                                     "segmenter": str(options.segmenter)})
+    timings = {"read": t_read, **result.timings, "write": time.perf_counter() - t1}
+    log.info("%s: %s labels found (%s) in %.1f s", case_id or mr_path.name, len(found),
+             ", ".join(found[:8]), sum(timings.values()))
+    return CaseReport(case_id or mr_path.name, str(mr_path), "ok", written, {k: round(v, 3) for k, v in timings.items()},
+                      found)
+
+
+def write_mask_outputs(mask, label_names: dict, outputs: CaseOutputs, written: dict, *, source: Path, image,
+                       overwrite: bool, series_uid: str | None, model_name: str, info: dict) -> list[str]:
+    """The DICOM SEG (when asked), the mask, then ``<mask>.labels.json`` LAST (it marks the case done).
+
+    Shared by ``segment-mr`` and ``segment``. ``written`` receives the paths; returns the names of
+    the labels present in the mask.
+    """
+    import numpy as np
+
+    from medgen import __version__
+    from medgen.io.atomic import write_text_atomic
+    from medgen.io.writers import write_volume
+
+    inputs = (str(source),)
     if outputs.dicom_seg is not None:
         from medgen.io.dicom_seg import write_dicom_seg
-        folder = mr_path if mr_path.is_dir() else mr_path.parent
-        written["dicom_seg"] = str(write_dicom_seg(result.mask, folder, outputs.dicom_seg, result.label_names,
-                                                   overwrite=options.overwrite, inputs=inputs,
-                                                   series_uid=options.series_uid or mr.series_uid,
-                                                   algorithm_name="medgen segment-mr"))
-    written["mask"] = str(write_volume(result.mask, outputs.mask, overwrite=options.overwrite, inputs=inputs))
-    present = sorted(int(i) for i in np.unique(result.mask.array) if i)
-    info = {"label_names": {str(k): v for k, v in result.label_names.items()},
-            "labels_found": [result.label_names.get(i, str(i)) for i in present],
-            "mr": str(mr_path), "translator": str(options.translator), "segmenter": str(options.segmenter),
-            "shape": list(mr.shape), "orientation": mr.orientation}
-    write_text_atomic(outputs.labels_json, json.dumps(info, indent=1))  # last: marks the case as done
+        folder = source if source.is_dir() else source.parent
+        written["dicom_seg"] = str(write_dicom_seg(mask, folder, outputs.dicom_seg, label_names,
+                                                   overwrite=overwrite, inputs=inputs,
+                                                   series_uid=series_uid or image.series_uid,
+                                                   algorithm_name=f"medgen {model_name}"[:64],
+                                                   algorithm_version=__version__))
+    written["mask"] = str(write_volume(mask, outputs.mask, overwrite=overwrite, inputs=inputs))
+    present = sorted(int(i) for i in np.unique(mask.array) if i)
+    found = [label_names.get(i, str(i)) for i in present]
+    record = {"label_names": {str(k): v for k, v in label_names.items()}, "labels_found": found, **info,
+              "shape": list(image.shape), "orientation": image.orientation}
+    write_text_atomic(outputs.labels_json, json.dumps(record, indent=1))  # last: marks the case as done
     written["labels_json"] = str(outputs.labels_json)
-    timings = {"read": t_read, **result.timings, "write": time.perf_counter() - t1}
-    log.info("%s: %s labels found (%s) in %.1f s", case_id or mr_path.name, len(present),
-             ", ".join(info["labels_found"][:8]), sum(timings.values()))
-    return CaseReport(case_id or mr_path.name, str(mr_path), "ok", written, {k: round(v, 3) for k, v in timings.items()},
-                      info["labels_found"])
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,10 +214,17 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
 
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
-    output.mkdir(parents=True, exist_ok=True)
     cases = collect_inputs(inputs)
     if not cases:
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
+    from medgen.io.outdir import claim_output_dir
+    with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
+                          command="medgen segment-mr"):
+        return _segment_batch(cases, output, options, save_sct=save_sct, qc=qc, dicom_seg=dicom_seg, workers=workers)
+
+
+def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int) -> list[CaseReport]:
+    """The batch of :func:`segment_mr`, run inside the claimed output folder."""
     jobs = []
     for case in cases:
         outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),
