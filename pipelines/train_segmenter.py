@@ -98,7 +98,8 @@ def train_segmenter(
     spec = input_spec(config)
 
     quantiles: list[np.ndarray] = []  # body HU quantiles of the real training CTs (histogram baseline)
-    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles)
+    bands = config.synth.hu_bands if config.synth.enabled else None
+    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, hu_bands=bands)
     val_cases = _prepare_cases(val_pairs, spec, plan)
     if not cases:
         raise InputError("no training cases", path="--images")
@@ -135,11 +136,13 @@ def train_segmenter(
             bundle = BundleSpec(
                 kind="segmenter", network=task.network_desc,
                 preprocess={"orientation": "RAS", "spacing": spec.spacing and list(spec.spacing),
-                            "hu_window": [spec.a_min, spec.a_max], "range": [spec.b_min, spec.b_max]},
+                            "hu_window": [spec.a_min, spec.a_max], "range": [spec.b_min, spec.b_max],
+                            "intensity": spec.intensity, "percentiles": list(spec.percentiles)},
                 label_names=plan.names, extra=extra,
                 metadata={"task": "CT segmentation", "description": "3D CT segmenter trained by medgen",
                           "network_data_format": {
-                              "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1,
+                              "inputs": {"image": {"type": "image", "num_channels": 1,
+                                                   "format": "hounsfield" if spec.intensity == "window" else "magnitude",
                                                    "spatial_shape": list(spec.patch_size), "dtype": "float32",
                                                    "value_range": [spec.a_min, spec.a_max]}},
                               "outputs": {"pred": {"type": "image", "format": "segmentation",
@@ -155,11 +158,12 @@ def train_segmenter(
 
 
 def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
-                   quantiles: list[np.ndarray] | None = None) -> list:
+                   quantiles: list[np.ndarray] | None = None, hu_bands: list[float] | None = None) -> list:
     """Read and prepare ``(image, label)`` case pairs.
 
     ``quantiles``, when given, collects each image's body HU quantiles while the raw image is in
     memory (only the real training CTs need them, for the histogram-matching baseline).
+    ``hu_bands`` (training on renderings) gives each case its rendering classes.
     """
     from medgen.io.readers import read_volume
     from medgen.training.segmenter import body_quantiles, prepare_case
@@ -167,7 +171,8 @@ def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
     for img_case, lab_case in pairs:
         image = read_volume(img_case.path)
         label = read_volume(lab_case.path, kind="label")
-        cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic))
+        cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic,
+                                  hu_bands=hu_bands))
         if quantiles is not None:
             quantiles.append(body_quantiles(image.array))
         del image, label

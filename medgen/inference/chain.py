@@ -4,7 +4,9 @@
 
     MR (file or DICOM series, any orientation)
       -> translator: a trained MR->CT model (synthetic CT in HU on the MR grid),
-         or a baseline: "none" (normalised MR) / "histogram" (MR matched to a CT histogram)
+         or a baseline: "none" (normalised MR) / "histogram" (MR matched to a CT histogram);
+         a contrast-agnostic segmenter (trained on renderings, ``medgen.transforms.render``)
+         takes the MR itself with "none"
       -> CT segmenter at its own orientation, spacing and HU scaling (sliding windows)
       -> labels mapped back onto the MR's grid with nearest neighbour
       -> mask with the MR's exact shape and affine, plus the label names
@@ -94,7 +96,9 @@ def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device=
     dtype = precision if isinstance(precision, torch.dtype) else resolve_precision(precision, dev)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if translator == "none":
+    if translator == "none" and segmenter.contrast_agnostic:
+        sct = mr  # the segmenter normalises each image itself: the MR goes in as it is
+    elif translator == "none":
         sct = normalised_mr_as_ct(mr, segmenter.input_range())
     elif translator == "histogram":
         sct = histogram_matched_ct(mr, reference_quantiles(segmenter, ct_reference))

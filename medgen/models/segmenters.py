@@ -59,6 +59,10 @@ class InputSpec:
         spacing: voxel size (mm) along the reoriented axes; ``None`` keeps the input spacing.
         a_min, a_max, b_min, b_max, clip: HU ``[a_min, a_max]`` map linearly to ``[b_min, b_max]``
             (MONAI ``ScaleIntensityRange`` semantics).
+        intensity: ``"window"`` (the fixed HU window above: a CT segmenter) or ``"percentile"``
+            (each image's own ``percentiles`` map onto ``[b_min, b_max]``: a contrast-agnostic
+            segmenter that takes MR of any contrast, or CT, as it comes).
+        percentiles: lower and upper percentile of the ``"percentile"`` mapping.
         patch_size: sliding-window size in voxels.
         orientation: axis codes the network was trained in.
         overlap: sliding-window overlap.
@@ -73,9 +77,17 @@ class InputSpec:
     patch_size: tuple[int, int, int] = (96, 96, 96)
     orientation: str = "RAS"
     overlap: float = 0.25
+    intensity: str = "window"
+    percentiles: tuple[float, float] = (0.5, 99.5)
 
     def scale(self, hu: np.ndarray) -> np.ndarray:
-        """HU -> network input range."""
+        """Image (HU, or any MR for ``intensity="percentile"``) -> network input range."""
+        if self.intensity == "percentile":
+            values = np.asarray(hu, np.float32)
+            lo, hi = (float(v) for v in np.percentile(values, list(self.percentiles)))
+            hi = hi if hi > lo else lo + 1.0
+            out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * (self.b_max - self.b_min) + self.b_min
+            return out.astype(np.float32, copy=False)
         out = (np.asarray(hu, np.float32) - self.a_min) / (self.a_max - self.a_min)
         out = out * (self.b_max - self.b_min) + self.b_min
         if self.clip:
@@ -85,7 +97,8 @@ class InputSpec:
     def to_dict(self) -> dict:
         return {"spacing": None if self.spacing is None else list(self.spacing), "a_min": self.a_min,
                 "a_max": self.a_max, "b_min": self.b_min, "b_max": self.b_max, "clip": self.clip,
-                "patch_size": list(self.patch_size), "orientation": self.orientation, "overlap": self.overlap}
+                "patch_size": list(self.patch_size), "orientation": self.orientation, "overlap": self.overlap,
+                "intensity": self.intensity, "percentiles": list(self.percentiles)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "InputSpec":
@@ -95,6 +108,8 @@ class InputSpec:
         if "patch_size" in known:
             ps = known["patch_size"]
             known["patch_size"] = tuple(int(p) for p in (ps if isinstance(ps, (list, tuple)) else [ps] * 3))
+        if "percentiles" in known:
+            known["percentiles"] = tuple(float(p) for p in known["percentiles"])
         return cls(**known)
 
 
@@ -120,6 +135,11 @@ class CTSegmenter:
         """The HU range the model is sensitive to (used to map MR intensities for baselines)."""
         return (-1000.0, 1000.0)
 
+    @property
+    def contrast_agnostic(self) -> bool:
+        """True for a model that normalises each image itself (MR of any contrast goes in as it is)."""
+        return False
+
 
 def _dtype(precision, device: torch.device) -> torch.dtype:
     if isinstance(precision, torch.dtype):
@@ -144,6 +164,19 @@ class NetworkSegmenter(CTSegmenter):
     def input_range(self) -> tuple[float, float]:
         return (float(self.spec.a_min), float(self.spec.a_max))
 
+    @property
+    def contrast_agnostic(self) -> bool:
+        return self.spec.intensity == "percentile"
+
+    @staticmethod
+    def prepare_grid(image: Volume, spec: InputSpec) -> Volume:
+        """An image reoriented and resampled (linear) onto the network's grid; intensities unchanged."""
+        work = reorient(image, spec.orientation)
+        work = work.with_array(work.array.astype(np.float32, copy=False))
+        if spec.spacing is not None:
+            work = resample_to_spacing(work, spec.spacing, order=1)
+        return work
+
     @staticmethod
     def prepare_image(ct_hu: Volume, spec: InputSpec) -> Volume:
         """A CT reoriented, resampled and intensity-scaled as a network with ``spec`` expects.
@@ -151,10 +184,7 @@ class NetworkSegmenter(CTSegmenter):
         Training (:mod:`medgen.training.segmenter`) uses this same function, so training and
         inference inputs cannot drift apart.
         """
-        work = reorient(ct_hu, spec.orientation)
-        work = work.with_array(work.array.astype(np.float32, copy=False))
-        if spec.spacing is not None:
-            work = resample_to_spacing(work, spec.spacing, order=1)
+        work = NetworkSegmenter.prepare_grid(ct_hu, spec)
         return work.with_array(spec.scale(work.array))
 
     def prepare(self, ct_hu: Volume) -> Volume:

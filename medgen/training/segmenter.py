@@ -6,6 +6,13 @@ intensity augmentation (gamma, contrast, brightness shift, random monotone inten
 smooth bias field, Gaussian blur, noise) to real CT patches, which makes the model rely on shape
 and relative contrast rather than exact HU values.
 
+With ``synth.enabled`` the segmenter is *contrast-agnostic*: most patches are not the CT at all
+but renderings of its anatomy with random contrast, resolution, bias and noise
+(:mod:`medgen.transforms.render`; classes are the organ labels plus tissue bands cut from the
+CT's HU), warped on the fly (:mod:`medgen.transforms.random_warp`), and every image (rendering,
+CT or, at inference, MR) is normalised by its own percentiles (``data.intensity: percentile``).
+Such a model runs on MR of any contrast directly, or on synthetic CT.
+
 Patches are sampled class-balanced: most patches are centred on a voxel of a randomly chosen
 present class (small organs such as the aorta would otherwise almost never be seen), the rest
 anywhere. Synthetic cases (from an anatomy generator) may train next to real ones; the share of
@@ -37,6 +44,8 @@ from medgen.io.volume import Volume
 from medgen.models.segmenters import InputSpec, NetworkSegmenter
 from medgen.runtime import autocast
 from medgen.training import distributed
+from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
+from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,9 @@ class NetworkConfig(StrictModel):
 class DataConfig(StrictModel):
     spacing: list[float] | None = [2.0, 2.0, 3.0]
     hu_window: list[float] = [-300.0, 400.0]
+    #: ``hu_window``: CT in HU through the fixed window; ``percentile``: every image's own 0.5 and
+    #: 99.5 percentiles onto [-1, 1] (a contrast-agnostic segmenter: MR of any contrast, or CT)
+    intensity: Literal["hu_window", "percentile"] = "hu_window"
     patch_size: list[int] = [64, 64, 32]
     batch_size: int = 2
     foreground_fraction: float = 0.8
@@ -82,6 +94,20 @@ class AugmentConfig(StrictModel):
     #: patch moves by its own uniform shift in +-``label_shift`` of the [-1, 1] input range (0 = off),
     #: so the model leans on shape and context, not on exact tissue values (synthetic CT's errors)
     label_shift: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SynthConfig(StrictModel):
+    """Training on renderings of the CT's anatomy (contrast-agnostic segmenter)."""
+
+    enabled: bool = False
+    #: share of patches that are the real (percentile-normalised, augmented) CT instead of a rendering
+    real_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    #: HU edges of the tissue classes cut from each CT for the unlabelled voxels
+    hu_bands: list[float] = list(DEFAULT_HU_BANDS)
+    render: RenderConfig = RenderConfig()
+    rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
+    scale: list[float] = [0.85, 1.15]
+    elastic_vox: float = Field(2.0, ge=0.0)
 
 
 class TrainConfig(StrictModel):
@@ -110,6 +136,7 @@ class SegmenterConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    synth: SynthConfig = SynthConfig()
 
 
 def input_spec(config: SegmenterConfig) -> InputSpec:
@@ -117,7 +144,8 @@ def input_spec(config: SegmenterConfig) -> InputSpec:
     lo, hi = config.data.hu_window
     return InputSpec(spacing=None if config.data.spacing is None else tuple(config.data.spacing),
                      a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True,
-                     patch_size=tuple(config.data.patch_size), overlap=config.export.overlap)
+                     patch_size=tuple(config.data.patch_size), overlap=config.export.overlap,
+                     intensity="percentile" if config.data.intensity == "percentile" else "window")
 
 
 def load_initial_weights(net: torch.nn.Module, ref: str) -> None:
@@ -258,6 +286,7 @@ class PreparedCase:
     image: np.ndarray  # network input range, RAS at the model spacing
     label: np.ndarray  # class ids, same grid
     synthetic: bool = False  # from a generator (--synthetic-images), not a real scan
+    classes: np.ndarray | None = None  # rendering classes (labels + HU tissue bands), same grid
 
 
 def align_label(image: Volume, label: Volume) -> Volume:
@@ -278,13 +307,21 @@ def align_label(image: Volume, label: Volume) -> Volume:
 
 
 def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan, *,
-                 synthetic: bool = False) -> PreparedCase:
-    """Align, remap and bring a CT + label pair to the network's grid and intensity range."""
+                 synthetic: bool = False, hu_bands: list[float] | None = None) -> PreparedCase:
+    """Align, remap and bring a CT + label pair to the network's grid and intensity range.
+
+    With ``hu_bands`` (training on renderings) the case also carries its rendering classes: the
+    training labels, and the CT's tissue band (:func:`medgen.transforms.render.render_classes`)
+    wherever it is unlabelled.
+    """
     label = align_label(image, label)
     remapped = label.with_array(plan.apply(label.array, label.name))
-    prepared = NetworkSegmenter.prepare_image(image, spec)
-    lab = resample_like(remapped, prepared, order=0)
-    return PreparedCase(case_id, prepared.array, lab.array.astype(np.uint8), synthetic)
+    grid = NetworkSegmenter.prepare_grid(image, spec)
+    lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
+    classes = None
+    if hu_bands is not None:
+        classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=hu_bands)
+    return PreparedCase(case_id, spec.scale(grid.array), lab, synthetic, classes)
 
 
 def body_quantiles(hu: np.ndarray, threshold: float = -500.0, n: int = 101) -> np.ndarray:
@@ -343,9 +380,9 @@ class CaseSampler:
         return pool[int(torch.randint(len(pool), (), generator=gen))]
 
 
-def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
-                 foreground_fraction: float, pad_value: float = -1.0) -> tuple[np.ndarray, np.ndarray]:
-    """One patch, centred on a random voxel of a random present class with ``foreground_fraction``."""
+def patch_start(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
+                foreground_fraction: float) -> np.ndarray:
+    """Corner of a random patch, centred on a voxel of a random present class with ``foreground_fraction``."""
     shape = np.array(case.image.shape)
     if float(torch.rand((), generator=gen)) < foreground_fraction:
         classes = getattr(case, "_classes", None)
@@ -362,20 +399,28 @@ def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Gen
             centre = np.array([int(torch.randint(int(s), (), generator=gen)) for s in shape])
     else:
         centre = np.array([int(torch.randint(int(s), (), generator=gen)) for s in shape])
+    return centre - np.array(patch) // 2
+
+
+def crop(array: np.ndarray, start: np.ndarray, patch: tuple[int, int, int], pad_value) -> np.ndarray:
+    """The ``patch``-sized block of ``array`` at corner ``start``, padded with ``pad_value`` outside."""
+    shape = np.array(array.shape)
     p = np.array(patch)
-    start = centre - p // 2
-    img = np.full(patch, pad_value, np.float32)
-    lab = np.zeros(patch, np.uint8)
+    out = np.full(patch, pad_value, array.dtype)
     src_lo = np.maximum(start, 0)
     src_hi = np.minimum(start + p, shape)
     dst_lo = src_lo - start
     dst_hi = dst_lo + (src_hi - src_lo)
     if np.all(src_hi > src_lo):
-        s = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
-        d = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
-        img[d] = case.image[s]
-        lab[d] = case.label[s]
-    return img, lab
+        out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+    return out
+
+
+def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
+                 foreground_fraction: float, pad_value: float = -1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One image/label patch (see :func:`patch_start`)."""
+    start = patch_start(case, patch, gen, foreground_fraction)
+    return crop(case.image.astype(np.float32, copy=False), start, patch, pad_value), crop(case.label, start, patch, 0)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -500,10 +545,39 @@ class SegmenterTask:
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5,
                                smooth_dr=1e-5)
         self.gen = torch.Generator().manual_seed(seed + 1000 * distributed.rank())
+        synth = config.synth
+        air_class = self.n_classes  # the darkest HU band (render_classes numbers bands after the labels)
+        self.renderer = RandContrastRender(config.data.spacing or (1.0, 1.0, 1.0), synth.render,
+                                           dark_classes=[air_class])
+        self.warp = WarpRanges(rotate_deg=synth.rotate_deg, scale=tuple(synth.scale), elastic_vox=synth.elastic_vox)
+        self.air_class = air_class
 
     @property
     def network(self) -> torch.nn.Module:
         return distributed.unwrap(self.net)
+
+    def rendered_patch(self, case: PreparedCase, patch: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random rendering of a warped patch of ``case``'s anatomy, and its exactly warped label.
+
+        A block a quarter larger on each side is cropped and warped onto the patch, so rotations
+        bring in real anatomy rather than replicated edges; the rendering is scaled by the mean
+        range of every class of the whole case, as a whole-volume percentile normalisation would.
+        """
+        cfg = self.config
+        start = patch_start(case, patch, self.gen, cfg.data.foreground_fraction)
+        margin = np.array(patch) // 4
+        block = tuple(int(p + 2 * m) for p, m in zip(patch, margin))
+        cls = crop(case.classes, start - margin, block, self.air_class)
+        lab = crop(case.label, start - margin, block, 0)
+        grid = random_grid(patch, self.gen, self.warp)
+        grid = grid * torch.tensor([p / b for p, b in zip(patch, block)][::-1])  # central patch of the block
+        warped = warp_nearest(torch.from_numpy(np.stack([cls, lab]).astype(np.int64))[None], grid)[0]
+        present = getattr(case, "_render_ids", None)
+        if present is None:
+            present = case._render_ids = [int(c) for c in np.unique(case.classes)]
+        self.renderer.set_random_state(seed=int(torch.randint(2**31 - 1, (), generator=self.gen)))
+        x = self.renderer(warped[0].to(self.device), present=present)
+        return x[None, None], warped[1][None, None]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -511,6 +585,12 @@ class SegmenterTask:
         imgs, labs = [], []
         for _ in range(cfg.data.batch_size):
             case = self.cases[self.sampler.draw(self.gen)]
+            if (cfg.synth.enabled and case.classes is not None
+                    and float(torch.rand((), generator=self.gen)) >= cfg.synth.real_fraction):
+                x, y = self.rendered_patch(case, patch)
+                imgs.append(x.cpu())
+                labs.append(y.cpu())
+                continue
             img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction)
             x = torch.from_numpy(img)[None, None]
             y = torch.from_numpy(lab.astype(np.int64))[None, None]
