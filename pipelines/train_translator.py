@@ -38,17 +38,21 @@ class TrainingVolume:
     path: str
     image: np.ndarray  # unit range, RAS
     mask: np.ndarray  # bool body mask
+    label: np.ndarray | None = None  # integer label map on the same grid (CT with --ct-labels)
 
 
-def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig) -> list[TrainingVolume]:
+def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig,
+                          labels: list | None = None) -> list[TrainingVolume]:
     """Read and (if raw) preprocess every case of ``inputs`` for ``modality`` (``mr``/``ct``).
 
     Preprocessed manifest rows are used directly; a CT preprocessed with another HU window than
     the translator's is re-windowed (read from its record), so the network's output range always
-    means the translator's window.
+    means the translator's window. ``labels`` (label maps paired with the inputs by case id or
+    position) are carried through the same preprocessing (nearest neighbour).
 
     Raises:
-        InputError: no cases, or a preprocessed case whose record does not match (spacing).
+        InputError: no cases, a preprocessed case whose record does not match (spacing), or a
+            label map that does not pair with (or lie on the grid of) its image.
     """
     from medgen.data.inputs import collect_inputs
     from medgen.data.sampling import body_mask
@@ -61,8 +65,14 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig)
         raise InputError(f"no {modality.upper()} cases found", path=", ".join(map(str, inputs)),
                          fix="pass volume files, folders, DICOM series folders or a manifest.csv")
     recipe = getattr(config.preprocess, modality)
+    label_of = {}
+    if labels:
+        from medgen.training.segmenter import pair_inputs
+        label_of = {img.case_id: lab for img, lab in pair_inputs(cases, collect_inputs([str(i) for i in labels]))}
     out = []
     for case in progress(cases, desc=f"load {modality}", unit="case"):
+        lab_case = label_of.get(case.case_id)
+        label = read_volume(lab_case.path, kind="label") if lab_case is not None else None
         if case.preprocessed:
             volume = read_volume(case.path)
             image = np.asarray(volume.array, np.float32)
@@ -71,14 +81,21 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig)
                 image = _rewindow(image, record, config, case.path)
             mask_path = _mask_path(case)
             mask = (read_volume(mask_path, kind="label").array > 0) if mask_path is not None else body_mask(image)
+            if label is not None and label.shape != volume.shape:
+                raise InputError(f"label map shape {label.shape} differs from the preprocessed image's {volume.shape}",
+                                 path=lab_case.path, fix="pass raw CTs with their label maps, or a manifest written "
+                                                         "by medgen preprocess -l LABELS (labels on its grid)")
+            label = label.array if label is not None else None
         else:
-            result = preprocess(read_volume(case.path), recipe)
+            result = preprocess(read_volume(case.path), recipe, label=label)
             image = np.asarray(result.image.array, np.float32)
             mask = result.body_mask.array > 0
+            label = result.label.array if result.label is not None else None
         if image.min() < -1.001 or image.max() > 1.001:
             raise InputError(f"preprocessed {modality.upper()} values are outside [-1, 1]", path=case.path,
                              fix=f"pass raw volumes, or a manifest written by medgen preprocess --modality {modality}")
-        out.append(TrainingVolume(case.case_id, str(case.path), image, mask))
+        out.append(TrainingVolume(case.case_id, str(case.path), image, mask,
+                                  None if label is None else np.asarray(label).astype(np.int32)))
     log.info("%s: %d volumes in memory (%.1f MB)", modality, len(out), sum(v.image.nbytes for v in out) / 1e6)
     return out
 
@@ -202,8 +219,10 @@ def export_translator(folder: str | Path, config: TranslatorConfig, generator, *
     lo, hi = config.ct_range
     metadata = {
         "task": "MR to CT translation (synthetic CT)",
-        "description": "Unpaired CycleGAN generator G: MR -> CT. Apply with `medgen translate`; inputs are MR "
-                       "volumes preprocessed with medgen.json's recipe, outputs map [-1, 1] onto the CT window.",
+        "description": ("Synthesis-supervised generator G: MR -> CT (trained on random-contrast renderings of CTs "
+                        "paired with those CTs)" if config.objective == "synth" else
+                        "Unpaired CycleGAN generator G: MR -> CT") + ". Apply with `medgen translate`; inputs are "
+                       "MR volumes preprocessed with medgen.json's recipe, outputs map [-1, 1] onto the CT window.",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "MR", "num_channels": channels,
                                  "spatial_shape": shape_rule, "dtype": "float32", "value_range": [-1, 1],
@@ -233,15 +252,18 @@ def load_segmenter_for_shape(ref: str, config: TranslatorConfig):
     return TranslatorSpaceSegmenter.from_bundle(spec, ct_window=config.ct_window, spatial_dims=config.model.spatial_dims)
 
 
-def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: list, run_dir: str | Path,
+def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inputs: list, run_dir: str | Path,
                      max_steps: int | None = None, resume: bool = False, device: str = "auto",
                      val_mr: list | None = None, val_ct: list | None = None, mlflow: bool = True,
-                     paired_cases: list[PairedCase] | None = None) -> Path:
+                     paired_cases: list[PairedCase] | None = None, ct_labels: list | None = None) -> Path:
     """Train, export and register a translator; returns the bundle folder.
 
     Args:
         config: the resolved config.
-        mr_inputs, ct_inputs: unpaired MR and CT inputs (files, folders, DICOM folders, manifests).
+        mr_inputs, ct_inputs: unpaired MR and CT inputs (files, folders, DICOM folders, manifests);
+            MR is optional with ``objective: synth`` (then it adapts G to the real MR).
+        ct_labels: label maps of the CTs (``objective: synth``: their organs become render classes;
+            without them the classes are the CTs' HU tissue bands).
         run_dir: run folder (checkpoints, metrics.jsonl, samples/, bundle/, MLflow store by default).
         max_steps: override ``train.steps`` (the LR schedule follows it).
         resume: continue from the newest checkpoint in ``run_dir``.
@@ -262,8 +284,9 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
         config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
     dtype = resolve_precision(config.train.precision, dev)
     log.info("device %s, precision %s", dev, dtype)
-    mr = load_training_volumes(mr_inputs, "mr", config)
-    ct = load_training_volumes(ct_inputs, "ct", config)
+    check_translator_inputs(config, mr_inputs, ct_inputs, ct_labels)
+    mr = load_training_volumes(mr_inputs, "mr", config) if mr_inputs else []
+    ct = load_training_volumes(ct_inputs, "ct", config, labels=ct_labels)
     paired = paired_validation_cases(val_mr, val_ct, config, dev, dtype) if val_mr else []
     paired += list(paired_cases or [])
     segmenter = load_segmenter_for_shape(config.loss.shape_segmenter, config) if config.loss.shape_segmenter else None
@@ -273,9 +296,15 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
             inputs_csv = _write_inputs_csv(run_dir / "inputs.csv", {"mr": mr, "ct": ct})
             tracker.log_manifest(inputs_csv, "translator-inputs")
         seed_everything(config.seed)
-        task = TranslatorTask(config, [v.image for v in mr], [v.image for v in ct], mr_masks=[v.mask for v in mr],
-                              ct_masks=[v.mask for v in ct], device=dev, precision=dtype, paired=paired,
-                              segmenter=segmenter, run_dir=run_dir, tracker=tracker)
+        common = dict(mr_masks=[v.mask for v in mr], ct_masks=[v.mask for v in ct], device=dev, precision=dtype,
+                      paired=paired, segmenter=segmenter, run_dir=run_dir, tracker=tracker)
+        if config.objective == "synth":
+            from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
+            classes, dark = synth_classes([v.image for v in ct], [v.label for v in ct], config)
+            task = SynthTranslatorTask(config, [v.image for v in ct], classes, dark_classes=dark,
+                                       mr_volumes=[v.image for v in mr], **common)
+        else:
+            task = TranslatorTask(config, [v.image for v in mr], [v.image for v in ct], **common)
         t = config.train
         settings = LoopSettings(max_steps=t.steps, checkpoint_every=t.checkpoint_every,
                                 validate_every=t.validate_every, log_every=t.log_every)
@@ -285,7 +314,8 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
             export_translator(bundle, config, task.generator, steps=t.steps)
             from medgen.viz import save_curves_png
             curves = save_curves_png(run_dir / "loss_curves.png", read_history(run_dir), phase="train",
-                                     keys=["g_adv_ct", "g_adv_mr", "g_cycle_mr", "g_cycle_ct", "d_ct", "d_mr"])
+                                     keys=["g_synth_l1", "g_synth_structure", "g_adv_ct", "g_adv_mr", "g_cycle_mr",
+                                           "g_cycle_ct", "d_ct", "d_mr"])
             tracker.log_figure_png(curves)
             uri = tracker.log_bundle(bundle, REGISTERED_NAME)
             if uri:
@@ -294,6 +324,18 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list, ct_inputs: li
             log.info("final validation: %s", {k: round(v, 4) for k, v in metrics.items()})
         distributed.barrier()
     return bundle
+
+
+def check_translator_inputs(config: TranslatorConfig, mr_inputs, ct_inputs, ct_labels) -> None:
+    """One clear error for input combinations the config's objective cannot train on."""
+    if not ct_inputs:
+        raise InputError("no CT inputs given", path="--ct", fix="pass the CT volumes (files, folders or a manifest)")
+    if config.objective == "cyclegan" and not mr_inputs:
+        raise InputError("the CycleGAN objective needs unpaired MR scans", path="--mr",
+                         fix="pass --mr MR..., or train from CTs alone with -c translator/synth_25d")
+    if config.objective == "cyclegan" and ct_labels:
+        raise InputError("CT label maps are used by the synthesis objective only", path="--ct-labels",
+                         fix="use -c translator/synth_25d (objective: synth), or drop --ct-labels")
 
 
 class _no_run:

@@ -37,6 +37,7 @@ from medgen.runtime import autocast
 from medgen.training import distributed
 from medgen.training.ema import WeightEMA
 from medgen.transforms.recipes import PreprocessConfig
+from medgen.transforms.render import DEFAULT_HU_BANDS, RenderConfig
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class LossConfig(StrictModel):
     lambda_seg_adv: float = Field(0.0, ge=0, description=(
         "output-space adversarial term: a discriminator on the shape segmenter's class maps of real CT vs "
         "G(MR), so G makes CT the segmenter reads as CT anatomy; needs shape_segmenter; 0 = off"))
+    lambda_synth_l1: float = Field(10.0, ge=0, description=(
+        "objective synth: weight of the L1 between G(rendering) and the CT it was rendered from (CT window "
+        "unit range); the structure term (structure, lambda_structure) also applies to these pairs"))
     seg_adv_from: int = Field(0, ge=0, description=(
         "training step after which G's output-space adversarial term counts (D_SEG trains from the start); "
         "a later start leaves the early steps, where the translator's mode forms, to the other terms"))
@@ -135,6 +139,32 @@ class LossConfig(StrictModel):
             if getattr(self, name) > 0 and not self.shape_segmenter:
                 raise ValueError(f"loss.{name} needs loss.shape_segmenter (a CT segmenter bundle: the tissue "
                                  f"classes come from it); set it, or {name}=0")
+        return self
+
+
+class SynthConfig(StrictModel):
+    """``objective: synth``: G learns from exact pairs (a rendering of a CT's class map, that CT).
+
+    See :mod:`medgen.training.synth_translator`. The classes are the CT's organ labels (when
+    given) and its HU tissue bands elsewhere; every sample is rendered with a new random contrast,
+    resolution, bias field and noise (:mod:`medgen.transforms.render`)."""
+
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    hu_bands: list[float] = Field(default_factory=lambda: list(DEFAULT_HU_BANDS), description=(
+        "HU edges of the CT tissue classes (air/lung .. cortical bone); they must lie inside the CT window"))
+    margin: list[int] = Field(default_factory=lambda: [8, 8, 8], description=(
+        "voxels rendered around each sample on each side (x, y, z): blur and thick-slice simulation see real "
+        "neighbours instead of padding"))
+    mr_weight: float = Field(1.0, ge=0, description=(
+        "weight of the CycleGAN terms on the real MR (--mr, optional: D_CT on G(real MR), cycle through F), "
+        "which adapt G to the user's scanner; 0 = train on renderings only even when --mr is given"))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.margin) != 3 or min(self.margin) < 0:
+            raise ValueError(f"synth.margin needs 3 non-negative voxel counts, got {self.margin}")
+        if any(b <= a for a, b in zip(self.hu_bands, self.hu_bands[1:])):
+            raise ValueError(f"synth.hu_bands must increase strictly, got {self.hu_bands}")
         return self
 
 
@@ -165,12 +195,16 @@ class TranslatorConfig(StrictModel):
     """``configs/translator/*.yaml``."""
 
     seed: int = 0
+    objective: Literal["cyclegan", "synth"] = Field("cyclegan", description=(
+        "cyclegan: unpaired MR and CT; synth: exact pairs rendered from the CTs (+ CycleGAN terms on real MR "
+        "when given)"))
     preprocess: PreprocessSections = Field(default_factory=PreprocessSections)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @property
     def ct_window(self) -> tuple[float, ...]:
@@ -190,6 +224,13 @@ class TranslatorConfig(StrictModel):
         multiple = 2 ** self.model.n_down
         if any(p % multiple for p in self.data.patch_size):
             raise ValueError(f"data.patch_size must be multiples of 2**model.n_down = {multiple}")
+        if self.objective == "synth":
+            lo, hi = self.ct_range
+            if not (lo < self.synth.hu_bands[0] and self.synth.hu_bands[-1] < hi):
+                raise ValueError(f"synth.hu_bands {self.synth.hu_bands} must lie inside the CT window {[lo, hi]} "
+                                 "(tissue classes are cut from the windowed CT)")
+            if self.loss.lambda_synth_l1 <= 0:
+                raise ValueError("objective synth needs loss.lambda_synth_l1 > 0 (the paired L1 is its supervision)")
         return self
 
 
@@ -305,12 +346,7 @@ class TranslatorTask:
                  device: torch.device | str = "cpu", precision: torch.dtype = torch.float32,
                  paired: list[PairedCase] | None = None, segmenter: torch.nn.Module | None = None,
                  run_dir: str | Path | None = None, tracker=None):
-        self.config = config
-        self.device = torch.device(device)
-        self.precision = precision
-        self.paired = paired or []
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.tracker = tracker
+        self._init_common(config, device, precision, paired, run_dir, tracker)
         m, d, loss, train = config.model, config.data, config.loss, config.train
         nets = build_networks(m, config.ct_window)
         if segmenter is not None and loss.lambda_seg_adv > 0:
@@ -348,14 +384,33 @@ class TranslatorTask:
         self.val_mr = VolumeSampler(mr_volumes, self.mr_sampler.masks, seed=seed + 3, **val_common).sample(train.val_samples)
         self.val_ct = VolumeSampler(ct_volumes, self.ct_sampler.masks, seed=seed + 4, **val_common).sample(train.val_samples)
 
+    def _init_common(self, config, device, precision, paired, run_dir, tracker) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.precision = precision
+        self.paired = paired or []
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tracker = tracker
+
     @property
     def generator(self) -> torch.nn.Module:
         """G (MR -> CT) as exported and validated: its weight average when ``train.ema_decay`` is set."""
         return self.g_ema.module if self.g_ema is not None else distributed.unwrap(self.nets["g_mr2ct"])
 
     def train_step(self, step: int) -> dict[str, float]:
+        self._train_mode()
+        mr, ct, losses, images = self.cycle_generator_losses(step)
+        self._update_generators(losses["total"])
+        d_losses = self._update_discriminators(mr, ct, images)
+        return self._step_record(step, losses, d_losses)
+
+    # -- the pieces of one step (shared with medgen.training.synth_translator) ------------------
+    def _train_mode(self) -> None:
         for net in self.nets.values():
             net.train()
+
+    def cycle_generator_losses(self, step: int):
+        """Draw unpaired MR and CT batches; the CycleGAN losses of G and F on them."""
         bs = self.config.data.batch_size
         loss = self.config.loss
         self.objective.lambda_seg_adv = loss.lambda_seg_adv if step > loss.seg_adv_from else 0.0
@@ -363,19 +418,29 @@ class TranslatorTask:
         ct = self.ct_sampler.sample(bs).to(self.device)
         with autocast(self.device, self.precision):
             losses, images = self.objective.generator_loss(mr.image, ct.image, mr_mask=mr.mask, ct_mask=ct.mask)
+        return mr, ct, losses, images
+
+    def _update_generators(self, total: torch.Tensor) -> None:
         self.opt_g.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        total.backward()
         self.opt_g.step()
         if self.g_ema is not None:
             self.g_ema.update(distributed.unwrap(self.nets["g_mr2ct"]))
+
+    def _update_discriminators(self, mr, ct, images) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.precision):
             d_losses = self.objective.discriminator_loss(mr.image, ct.image, images["fake_ct"], images["fake_mr"],
                                                          seg_fake=images.get("seg_fake"))
         self.opt_d.zero_grad(set_to_none=True)
         d_losses["total"].backward()
         self.opt_d.step()
-        self.sched_g.step()
-        self.sched_d.step()
+        return d_losses
+
+    def _step_record(self, step: int, losses: dict, d_losses: dict) -> dict[str, float]:
+        """Advance the LR schedules; the step's losses as floats (refuses non-finite ones)."""
+        for sched in (self.sched_g, getattr(self, "sched_d", None)):
+            if sched is not None:
+                sched.step()
         out = {f"g_{k}": float(v.detach()) for k, v in losses.items()}
         out.update({k if k != "total" else "d_total": float(v.detach()) for k, v in d_losses.items()})
         out["lr"] = self.sched_g.get_last_lr()[0]
@@ -400,31 +465,38 @@ class TranslatorTask:
             rec_ct = G(fake_mr)
         metrics["cycle_mr_l1"] = float((rec_mr.float() - mr.image).abs().mean())
         metrics["cycle_ct_l1"] = float((rec_ct.float() - ct.image).abs().mean())
-        if self.paired and distributed.is_main_process():
-            rows = [case.evaluate(self.generator) for case in self.paired]
-            for key in rows[0]:
-                metrics[key] = float(np.mean([r[key] for r in rows]))
+        metrics.update(self._paired_metrics())
         if distributed.is_main_process() and self.run_dir is not None:
             self._save_samples(step, mr.image, fake_ct, ct.image, fake_mr, self.generator)
         G.train()
         Fn.train()
         return metrics
 
+    def _paired_metrics(self) -> dict[str, float]:
+        """The paired validation cases' metrics (mean over cases), on the main process."""
+        if not self.paired or not distributed.is_main_process():
+            return {}
+        rows = [case.evaluate(self.generator) for case in self.paired]
+        return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
     def _save_samples(self, step: int, mr, fake_ct, ct, fake_mr, G) -> None:
         """A PNG grid: MR | synthetic CT (| real CT) for paired cases, then training samples."""
+        self._save_grid(step, G, [(mr, "MR (sample)"), (fake_ct, "G(MR) synthetic CT"), (ct, "CT (unpaired)"),
+                                  (fake_mr, "F(CT) synthetic MR")])
+
+    def _save_grid(self, step: int, G, columns: list, prefix: str = "step") -> None:
+        """Paired cases' pictures, then two training samples: one panel per ``(batch, title)`` column."""
         from medgen.viz import Panel, save_panels_png
         unit = (-1.0, 1.0)
         rows = []
         for case in self.paired[:2]:
             if case.picture is not None:
                 rows.append([Panel(img, window=win, title=f"{case.case_id} {title}") for title, img, win in case.picture(G)])
-        c = mr.shape[1] // 2
-        for i in range(min(2, mr.shape[0])):
-            rows.append([Panel(_display(mr[i, c]), window=unit, title="MR (sample)"),
-                         Panel(_display(fake_ct[i, c]), window=unit, title="G(MR) synthetic CT"),
-                         Panel(_display(ct[i, c]), window=unit, title="CT (unpaired)"),
-                         Panel(_display(fake_mr[i, c]), window=unit, title="F(CT) synthetic MR")])
-        path = self.run_dir / "samples" / f"step_{step:08d}.png"
+        first = columns[0][0]
+        c = first.shape[1] // 2
+        for i in range(min(2, first.shape[0])):
+            rows.append([Panel(_display(batch[i, c]), window=unit, title=title) for batch, title in columns])
+        path = self.run_dir / "samples" / f"{prefix}_{step:08d}.png"
         save_panels_png(path, rows, title=f"step {step}")
         if self.tracker is not None:
             self.tracker.log_figure_png(path, "samples")
@@ -447,6 +519,9 @@ class TranslatorTask:
         self.objective.load_pools_state_dict(state["pools"])
         self.mr_sampler.load_state_dict(state["mr_sampler"])
         self.ct_sampler.load_state_dict(state["ct_sampler"])
+        self._load_ema(state)
+
+    def _load_ema(self, state: dict) -> None:
         if self.g_ema is not None:
             if "g_ema" not in state:
                 from medgen.errors import MedgenError
