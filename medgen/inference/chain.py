@@ -48,6 +48,7 @@ class ChainResult:
     sct: Volume
     label_names: dict[int, str]
     timings: dict[str, float] = field(default_factory=dict)
+    agreement: dict | None = None  # with agreement=True: medgen.inference.agreement.agreement's report
 
 
 def load_chain_translator(ref):
@@ -75,7 +76,8 @@ def reference_quantiles(segmenter: CTSegmenter, ct_reference: str | Path | Volum
 
 
 def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device="cpu", precision="fp32",
-                      ct_reference: str | Path | Volume | None = None, show_progress: bool = False) -> ChainResult:
+                      ct_reference: str | Path | Volume | None = None, show_progress: bool = False,
+                      agreement: bool = False, agreement_threshold: float | None = None) -> ChainResult:
     """Run the chain on one MR volume.
 
     Args:
@@ -85,6 +87,11 @@ def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device=
         device, precision: where and how the networks run.
         ct_reference: CT (path or Volume) for the histogram baseline; defaults to the segmenter's
             stored training histogram.
+        agreement: also run the whole chain on a perturbed copy of the MR
+            (:func:`medgen.inference.agreement.perturbed_prediction`) and report how much the two
+            masks agree per structure, with a flag for masks not to trust (about twice the time).
+        agreement_threshold: the flag's threshold (default
+            :data:`medgen.inference.agreement.DEFAULT_THRESHOLD`).
 
     Returns:
         :class:`ChainResult` whose mask has exactly ``mr``'s shape and affine.
@@ -95,6 +102,28 @@ def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device=
     dev = resolve_device(device) if isinstance(device, str) else device
     dtype = precision if isinstance(precision, torch.dtype) else resolve_precision(precision, dev)
     timings: dict[str, float] = {}
+    sct, labels = _chain_once(mr, translator, segmenter, dev, dtype, ct_reference, show_progress, timings)
+    if labels.shape != mr.shape:
+        raise ModelError(f"internal error: mask shape {labels.shape} differs from the MR's {mr.shape}")
+    names = dict(segmenter.label_names)
+    dtype_out = np.uint8 if max(names) < 256 else np.uint16
+    mask = Volume(np.asarray(labels.array).astype(dtype_out), mr.affine.copy(), None, mr.series_uid,
+                  {"label_names": names, "modality": "SEG"})
+    report = None
+    if agreement:
+        from medgen.inference.agreement import DEFAULT_THRESHOLD, agreement as score, perturbed_prediction
+        t2 = time.perf_counter()
+        second = perturbed_prediction(
+            mr, lambda v: _chain_once(v, translator, segmenter, dev, dtype, ct_reference, False, {})[1])
+        report = score(mask.array, second, names, threshold=agreement_threshold or DEFAULT_THRESHOLD)
+        timings["agreement"] = time.perf_counter() - t2
+    return ChainResult(mask=mask, sct=sct, label_names=names, timings=timings, agreement=report)
+
+
+def _chain_once(mr: Volume, translator, segmenter: CTSegmenter, dev, dtype, ct_reference, show_progress: bool,
+                timings: dict) -> tuple[Volume, Volume]:
+    """One pass of the chain: (synthetic CT, labels on the MR grid); stage times into ``timings``."""
+    import torch
     t0 = time.perf_counter()
     if translator == "none" and segmenter.contrast_agnostic:
         sct = mr  # the segmenter normalises each image itself: the MR goes in as it is
@@ -113,10 +142,4 @@ def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device=
     t1 = time.perf_counter()
     labels = segmenter.segment(sct, device=dev, precision=dtype)
     timings["segment"] = time.perf_counter() - t1
-    if labels.shape != mr.shape:
-        raise ModelError(f"internal error: mask shape {labels.shape} differs from the MR's {mr.shape}")
-    names = dict(segmenter.label_names)
-    dtype_out = np.uint8 if max(names) < 256 else np.uint16
-    mask = Volume(np.asarray(labels.array).astype(dtype_out), mr.affine.copy(), None, mr.series_uid,
-                  {"label_names": names, "modality": "SEG"})
-    return ChainResult(mask=mask, sct=sct, label_names=names, timings=timings)
+    return sct, labels
