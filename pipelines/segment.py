@@ -21,8 +21,9 @@ from pathlib import Path
 
 from medgen.errors import InputError, OutputError
 from medgen.io.readers import VOLUME_SUFFIXES
+from medgen.io.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
-from medgen.pipelines.segment_mr import (CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
+from medgen.pipelines.segment_mr import (AUTO, CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
                                          labels_json_path, write_mask_outputs)
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class SegmentOptions:
     overwrite: bool = False
     series_uid: str | None = None
     flip_tta: bool = False
+    push_seg: bool = False  # store each DICOM SEG back into the DICOMweb study it came from
 
 
 _MODELS: dict = {}
@@ -101,22 +103,24 @@ def segment_one(path: Path, outputs: CaseOutputs, options: SegmentOptions, *, ca
 
 
 def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
-    """Batch work function (:mod:`medgen.pipelines.batch`): one volume; outputs and options in ``payload``."""
-    outputs, options = payload
-    return segment_one(path, outputs, options, case_id=case_id)
+    """Batch work function (:mod:`medgen.pipelines.batch`): one volume (file, folder or DICOMweb URL)."""
+    outputs, options, source = payload
+    return run_on_source(source, lambda local: segment_one(local, outputs, options, case_id=case_id),
+                         push_seg=options.push_seg)
 
 
 def segment(inputs: list[str | Path], output: str | Path, options: SegmentOptions, *, dicom_seg: str | None = None,
-            workers: int = 1, mlflow: bool = True) -> list[CaseReport]:
+            workers: int = 1, mlflow: bool = True, modality: str | None = "CT") -> list[CaseReport]:
     """Segment one volume (``output`` a volume file) or a batch (``output`` a folder).
 
     Args:
-        inputs: volume files, DICOM series folders, folders of volumes or a manifest CSV.
+        inputs: volume files, DICOM series folders, folders of volumes, a manifest CSV, or DICOMweb
+            series / study URLs (a study: each of its ``modality`` series).
         output: mask file (one volume) or output folder (batch: ``<case>.nii.gz`` +
             ``<case>.labels.json`` per volume, ``segment_summary.json``).
         options: segmenter and runtime settings.
         dicom_seg: a ``.dcm`` path (one volume) or any value (batch: ``<case>_seg.dcm``) to also
-            write a DICOM SEG for DICOM inputs.
+            write a DICOM SEG for DICOM inputs (on with ``options.push_seg``).
         workers: parallel worker processes for a batch.
         mlflow: log the call as one MLflow run (store: ``MLFLOW_TRACKING_URI`` or
             ``mlflow.db`` in the output folder).
@@ -127,14 +131,14 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
     Raises:
         MedgenError: bad inputs or model, or (one volume) the problem with it.
     """
-    from medgen.data.inputs import collect_inputs
     from medgen.tracking import start_run, write_run_info
 
     output = Path(output)
     single = output.name.lower().endswith(VOLUME_SUFFIXES)
     if not single and output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one volume)")
-    cases = collect_inputs(inputs)
+    dicom_seg = dicom_seg or (AUTO if options.push_seg else None)
+    cases = collect_cases(inputs, modality=modality)
     if not cases:
         raise InputError("no volumes found", path=", ".join(map(str, inputs)))
     if single and len(cases) != 1:
@@ -151,7 +155,8 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
             if single:
                 outs = CaseOutputs(mask=output, labels_json=labels_json_path(output),
                                    dicom_seg=_single(dicom_seg, output, "_seg.dcm"))
-                reports = [segment_one(Path(cases[0].path), outs, options, case_id=cases[0].case_id)]
+                reports = [_segment_case(Path(str(cases[0].path)), [], (outs, options, str(cases[0].path)),
+                                         case_id=cases[0].case_id)]
                 tracker.log_artifact(outs.labels_json)
             else:
                 reports = _run_jobs(cases, output, options, dicom_seg=bool(dicom_seg), workers=workers)
@@ -171,12 +176,12 @@ def _run_jobs(cases, output: Path, options: SegmentOptions, *, dicom_seg: bool, 
     output.mkdir(parents=True, exist_ok=True)
     jobs = []
     for case in cases:
-        dicom_ok = is_dicom_input(Path(case.path))
+        dicom_ok = is_dicom_source(case.path)
         outs = _batch_outputs(output, case.case_id, sct=False, qc=False, dicom_seg=dicom_seg, dicom_ok=dicom_ok)
         if dicom_seg and not dicom_ok:
             log.warning("%s: not a DICOM series; no DICOM SEG written", case.case_id)
         jobs.append(BatchJob(case.case_id, str(case.path), files=_case_files(outs), done=[outs.mask, outs.labels_json],
-                             fn=_segment_case, payload=(outs, options), outputs_when_done={"mask": str(outs.mask)}))
+                             fn=_segment_case, payload=(outs, options, str(case.path)), outputs_when_done={"mask": str(outs.mask)}))
     reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment")
     write_summary(output / SUMMARY_NAME, reports, seconds=seconds, segmenter=str(options.segmenter))
     return reports

@@ -38,6 +38,8 @@ class ChainOptions:
     series_uid: str | None = None
     ct_reference: str | None = None
     flip_tta: bool = False
+    push_seg: bool = False  # DICOMweb input: store the DICOM SEG back into the study
+    push_sct: bool = False  # DICOMweb input: store the synthetic CT as a new series of the study
 
 
 @dataclass
@@ -175,9 +177,11 @@ def _case_files(outputs: CaseOutputs) -> list[Path]:
 
 
 def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
-    """Batch work function (:mod:`medgen.pipelines.batch`): one scan, outputs and options in ``payload``."""
-    outputs, options = payload
-    return segment_one(path, outputs, options, case_id=case_id)
+    """Batch work function (:mod:`medgen.pipelines.batch`): one scan (file, folder or DICOMweb URL)."""
+    from medgen.io.dicomweb_cases import run_on_source
+    outputs, options, source = payload
+    return run_on_source(source, lambda local: segment_one(local, outputs, options, case_id=case_id),
+                         push_seg=options.push_seg, push_sct=options.push_sct)
 
 
 def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptions, *, save_sct: str | None = None,
@@ -185,7 +189,8 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     """Segment one scan (``output`` a volume file) or a batch (``output`` a folder).
 
     Args:
-        inputs: MR files, DICOM series folders, folders of scans or a manifest.
+        inputs: MR files, DICOM series folders, folders of scans, a manifest, or DICOMweb series /
+            study URLs (a study: each of its MR series; see :mod:`medgen.io.dicomweb_cases`).
         output: mask file (one scan) or output folder (batch).
         options: translator, segmenter and runtime settings.
         save_sct, qc, dicom_seg: output paths for one scan; for a batch any value (e.g. ``auto``)
@@ -198,11 +203,13 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     Raises:
         MedgenError: for a single scan, the problem (a batch records it and continues).
     """
-    from medgen.data.inputs import collect_inputs
+    from medgen.io.dicomweb_cases import collect_cases
     output = Path(output)
     single = output.name.lower().endswith(VOLUME_SUFFIXES)
+    dicom_seg = dicom_seg or (AUTO if options.push_seg else None)
+    save_sct = save_sct or (AUTO if options.push_sct else None)
     if single:
-        cases = collect_inputs(inputs)
+        cases = collect_cases(inputs, modality="MR")
         if len(cases) != 1:
             raise InputError(f"{len(cases)} scans found but -o is one file", path=output,
                              fix="pass an output folder for several scans")
@@ -210,11 +217,11 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
         outs = CaseOutputs(mask=output, labels_json=labels_json_path(output),
                            sct=_single(save_sct, output, "_sct.nii.gz"), qc=_single(qc, output, "_qc.png"),
                            dicom_seg=_single(dicom_seg, output, "_seg.dcm"))
-        return [segment_one(Path(case.path), outs, options, case_id=case.case_id)]
+        return [_segment_case(Path(str(case.path)), [], (outs, options, str(case.path)), case_id=case.case_id)]
 
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
-    cases = collect_inputs(inputs)
+    cases = collect_cases(inputs, modality="MR")
     if not cases:
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
     from medgen.io.outdir import claim_output_dir
@@ -225,14 +232,15 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
 
 def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int) -> list[CaseReport]:
     """The batch of :func:`segment_mr`, run inside the claimed output folder."""
+    from medgen.io.dicomweb_cases import is_dicom_source
     jobs = []
     for case in cases:
         outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),
-                              dicom_ok=is_dicom_input(Path(case.path)))
+                              dicom_ok=is_dicom_source(case.path))
         if dicom_seg and outs.dicom_seg is None:
             log.warning("%s: not a DICOM series; no DICOM SEG written", case.case_id)
         jobs.append(BatchJob(case.case_id, str(case.path), files=_case_files(outs),
-                             done=[outs.mask, outs.labels_json], fn=_segment_case, payload=(outs, options),
+                             done=[outs.mask, outs.labels_json], fn=_segment_case, payload=(outs, options, str(case.path)),
                              outputs_when_done={"mask": str(outs.mask)}))
     reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment-mr")
     write_summary(output / "segment_mr_summary.json", reports, seconds=seconds,

@@ -80,7 +80,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         force=True)
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "highdicom", "git"):
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "highdicom", "git", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

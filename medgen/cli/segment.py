@@ -15,7 +15,8 @@ def register(sub) -> None:
                     "(--workers N processes): failures are reported in segment_summary.json, finished volumes are "
                     "skipped on rerun, the exit code is 1 if any volume failed. Each call is one MLflow run.")
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="IMAGE",
-                        help="volume file, DICOM series folder, folder of volumes or manifest CSV")
+                        help="volume file, DICOM series folder, folder of volumes, manifest CSV, or DICOMweb URL "
+                             "http(s)://HOST:PORT/ROOT/studies/UID[/series/UID] (a study: each --modality series)")
     parser.add_argument("-o", "--output", required=True, metavar="MASK",
                         help="mask file (.nii.gz/.nrrd/.mha) for one volume, or an output folder for many")
     parser.add_argument("-m", "--segmenter", "--model", dest="segmenter", required=True, metavar="SEGMENTER",
@@ -26,6 +27,10 @@ def register(sub) -> None:
     parser.add_argument("--dicom-seg", nargs="?", const="auto", default=None, metavar="OUT.dcm",
                         help="also write a DICOM SEG referencing the series (DICOM input); in batch mode any value "
                              "turns it on")
+    parser.add_argument("--push-seg", action="store_true",
+                        help="store each DICOM SEG back into the DICOMweb study it came from (credentials from "
+                             "MEDGEN_DICOMWEB_TOKEN or MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD)")
+    parser.add_argument("--modality", default="CT", help="series of a DICOMweb study URL to segment")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
@@ -41,7 +46,7 @@ def run(args) -> int:
 
     options = SegmentOptions(segmenter=args.segmenter, trust_bundle=args.trust_bundle, device=args.device,
                              precision=args.precision, overwrite=args.overwrite, series_uid=args.series_uid,
-                             flip_tta=args.tta)
+                             flip_tta=args.tta, push_seg=args.push_seg)
     reports = segment(args.input, args.output, options, dicom_seg=args.dicom_seg, workers=args.workers,
-                      mlflow=not args.no_mlflow)
+                      mlflow=not args.no_mlflow, modality=args.modality)
     return finish_batch(reports, "mask")

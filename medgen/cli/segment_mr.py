@@ -16,7 +16,8 @@ def register(sub) -> None:
                     "is processed independently: failures are reported, finished scans are skipped on rerun, "
                     "the exit code is 1 if any scan failed.")
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="MR",
-                        help="MR file, DICOM series folder, folder of scans or manifest CSV")
+                        help="MR file, DICOM series folder, folder of scans, manifest CSV, or DICOMweb URL "
+                             "http(s)://HOST:PORT/ROOT/studies/UID[/series/UID] (a study: each MR series)")
     parser.add_argument("-o", "--output", required=True, metavar="MASK",
                         help="mask file (.nii.gz/.nrrd/.mha) for one scan, or an output folder for many")
     parser.add_argument("--translator", required=True, metavar="MODEL",
@@ -35,6 +36,10 @@ def register(sub) -> None:
                         help="also write a QC picture (MR | synthetic CT | mask on MR, three planes)")
     parser.add_argument("--save-sct", nargs="?", const="auto", default=None, metavar="SCT",
                         help="also write the synthetic CT (HU, MR grid)")
+    parser.add_argument("--push-seg", action="store_true",
+                        help="DICOMweb input: store the DICOM SEG back into the study (and, with --save-sct, the "
+                             "synthetic CT as a new series); credentials from MEDGEN_DICOMWEB_TOKEN or "
+                             "MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
@@ -48,7 +53,8 @@ def run(args) -> int:
 
     options = ChainOptions(translator=args.translator, segmenter=args.segmenter, trust_bundle=args.trust_bundle,
                            device=args.device, precision=args.precision, overwrite=args.overwrite,
-                           series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta)
+                           series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta,
+                           push_seg=args.push_seg, push_sct=args.push_seg and bool(args.save_sct))
     reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,
                          dicom_seg=args.dicom_seg, workers=args.workers)
     from medgen.cli.common import finish_batch
