@@ -6,10 +6,14 @@ one at a time or in a process pool and gives every command the same guarantees:
 * failure isolation: a case that raises is recorded as ``failed`` (with a one-line message)
   and the batch goes on; a worker process that dies (killed, out of memory) fails only the
   cases it had not finished, and the summary is still written;
-* resume: a case whose done files all exist is ``skipped`` (unless ``overwrite``);
+* resume: a case whose done files all exist, as the files medgen wrote, is ``skipped`` (unless
+  ``overwrite``);
 * no partial outputs: a hidden ``.<case>.in_progress`` marker exists while a case writes, so a
   rerun after ``kill -9`` removes that case's leftovers and redoes it; a failed case removes
   what it wrote;
+* ownership: only files medgen recorded writing into the folder are replaced or removed
+  (:mod:`medgen.io.ownership`; the caller claims the folder with
+  :func:`medgen.io.outdir.claim_output_dir`); a user's file of the same name fails its case;
 * bounded memory: each worker holds one case at a time;
 * a summary JSON in the output folder (counts, seconds, one entry per case).
 
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medgen.errors import MedgenError
+from medgen.io import ownership
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +76,30 @@ class BatchJob:
     fn: Callable[..., CaseReport]
     payload: Any = None
     outputs_when_done: dict = field(default_factory=dict)
+    overwrite: bool = False  #: the user's --overwrite: files medgen did not write may be replaced
 
     @property
     def marker(self) -> Path:
         return self.done[0].with_name(f".{self.case_id}.in_progress")
 
     def is_done(self) -> bool:
-        return all(p.exists() for p in self.done)
+        return all(ownership.owns_here(p) for p in self.done)  # present and the bytes medgen wrote
 
 
 def _remove_leftovers(job: BatchJob) -> None:
     for leftover in job.files:
-        leftover.unlink(missing_ok=True)
+        ownership.remove_own_output(leftover)
         for tmp in leftover.parent.glob(f".{glob.escape(leftover.name)}.*.tmp*"):  # torn atomic writes
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def run_job(job: BatchJob) -> CaseReport:
+    """Run one case under its folder's ownership guard; never raises for a bad case (see :func:`_run_job`)."""
+    with ownership.guarded(job.marker.parent, overwrite=job.overwrite):
+        return _run_job(job)
+
+
+def _run_job(job: BatchJob) -> CaseReport:
     """Run one case; never raises for a bad case (the report says ``failed``).
 
     The marker exists exactly while the case's outputs are being written. A rerun that finds it
@@ -114,7 +126,7 @@ def run_job(job: BatchJob) -> CaseReport:
     finally:
         if not ok:  # failed: no partial outputs that could look complete
             for partial in set(job.files) - before:
-                partial.unlink(missing_ok=True)
+                ownership.remove_own_output(partial)
         job.marker.unlink(missing_ok=True)
 
 
@@ -166,6 +178,7 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
     """Run the cases not already done; returns all reports (skipped ones first) and the seconds spent."""
     todo, reports = [], []
     for job in jobs:
+        job.overwrite = overwrite
         if job.is_done() and not overwrite:
             reports.append(CaseReport(job.case_id, job.input, "skipped", dict(job.outputs_when_done)))
         else:

@@ -4,7 +4,7 @@ The algorithm, unrolled (one MLflow run per call)::
 
     config  = load_preprocess_config(-c, --modality, --set)
     cases   = inputs (files, folders, DICOM series folders, a CSV list) [+ paired label maps]
-    check OUT_DIR is writable                      # fail before hours of work, not after
+    claim OUT_DIR: writable, outside the inputs, locked, stale temp files removed   # before any work
     for each case, in a process pool (--workers N, one case per worker in memory):
         hash the input; skip it if the manifest has an ok row with the same input + config hash
         read -> preprocess (recipe) -> write OUT_DIR/<case>.nii.gz, <case>_mask.nii.gz,
@@ -14,10 +14,13 @@ The algorithm, unrolled (one MLflow run per call)::
     log config, counts and the manifest (as a dataset input) to MLflow; exit 1 if any failed
 
 Resume after ``kill -9``: run the same command again. Completed cases are skipped (their row is
-``ok`` and the input and config hashes match), every file was written atomically so nothing
-half-written exists, and outputs of a case that was interrupted mid-way belong to a ``pending``
-row, so they are replaced without needing ``--overwrite``. Outputs that medgen did not record
-in this folder's manifest are never overwritten without ``--overwrite``.
+``ok``, the input and config hashes match and the outputs are still the files medgen wrote),
+every file was written atomically so nothing half-written exists (stale temporary files are
+removed), and outputs of a case that was interrupted mid-way are replaced without needing
+``--overwrite`` because medgen recorded writing them (:mod:`medgen.io.ownership`). A file that
+medgen did not write is never replaced or removed: that case fails naming the file (or
+``--overwrite`` replaces it). The output folder is locked for the run (a second run into it
+refuses) and must not be, or lie inside, an input folder (:mod:`medgen.io.outdir`).
 
 Scaling beyond one machine: split the inputs (e.g. one CSV per node) and run one command per
 node, each with its own OUT_DIR; the manifests can be concatenated.
@@ -206,10 +209,8 @@ def process_case(task: dict) -> dict:
     series_uid, config (dict), out_dir, overwrite, previous (the manifest row from an earlier
     run, if any).
     """
-    from medgen.io.atomic import check_output_path, write_text_atomic
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
-    from medgen.transforms.recipes import PreprocessConfig, preprocess
+    from medgen.io.ownership import guarded, remove_own_output
+    from medgen.transforms.recipes import PreprocessConfig
 
     start = time.perf_counter()
     config = PreprocessConfig.model_validate(task["config"])
@@ -219,44 +220,57 @@ def process_case(task: dict) -> dict:
     row = {"case_id": task["case_id"], "source_path": task["path"], "label_source_path": task.get("label_path") or "",
            "series_uid": task.get("series_uid") or "", "modality": config.modality, "config_hash": task["config_hash"]}
     written: list[Path] = []
-    try:
-        row["content_hash"] = _case_hash(task)
-        if _is_done(previous, row, out_dir):
-            return {**previous, "_skipped": True}
-        # outputs recorded in this folder's manifest (any status) are ours to replace
-        overwrite = bool(task["overwrite"]) or bool(previous)
-        volume = read_volume(task["path"], series_uid=task.get("series_uid"))
-        row.update(original_shape=volume.shape, original_spacing=volume.spacing,
-                   original_orientation=volume.orientation, series_uid=volume.series_uid or row["series_uid"])
-        label = read_volume(task["label_path"], kind="label") if task.get("label_path") else None
-        result = preprocess(volume, config, label)
-        inputs = tuple(p for p in (task["path"], task.get("label_path")) if p)
-        targets = [(result.image, "output_path", config.output_dtype)]
-        if config.write_body_mask:
-            targets.append((result.body_mask, "mask_path", "uint8"))
-        if result.label is not None:
-            targets.append((result.label, "label_path", None))
-        for key in [t[1] for t in targets] + ["record_path"]:  # refuse before writing anything
-            check_output_path(out_dir / names[key], overwrite=overwrite, inputs=inputs)
-        for volume_out, key, dtype in targets:
-            written.append(write_volume(volume_out, out_dir / names[key], overwrite=True, inputs=inputs, dtype=dtype))
-        record = {**result.record, "case_id": task["case_id"], "content_hash": row["content_hash"],
-                  "outputs": {key: names[key] for key in [t[1] for t in targets] + ["record_path"]}}
-        written.append(write_text_atomic(out_dir / names["record_path"], json.dumps(record, indent=1)))
-        row.update(status="ok", error="", output_path=names["output_path"], record_path=names["record_path"],
-                   mask_path=names["mask_path"] if config.write_body_mask else "",
-                   label_path=names["label_path"] if result.label is not None else "",
-                   output_shape=result.image.shape, output_spacing=result.image.spacing)
-    except Exception as exc:  # a bad case is recorded and the batch carries on
-        message = exc.one_line() if isinstance(exc, MedgenError) else f"{task['path']}: {type(exc).__name__}: {exc}"
-        if not isinstance(exc, MedgenError):
-            log.debug("unexpected error in case %s", task["case_id"], exc_info=True)
-        for path in written:
-            path.unlink(missing_ok=True)
-        if previous:  # stale outputs of an earlier run of this case must not look current
-            for name in names.values():
-                (out_dir / name).unlink(missing_ok=True)
-        row.update(status="failed", error=message, output_path="", record_path="", mask_path="", label_path="")
+    with guarded(out_dir, overwrite=bool(task["overwrite"])):
+        try:
+            return _process_case(task, config, out_dir, names, previous, row, written, start)
+        except Exception as exc:  # a bad case is recorded and the batch carries on
+            message = exc.one_line() if isinstance(exc, MedgenError) else f"{task['path']}: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, MedgenError):
+                log.debug("unexpected error in case %s", task["case_id"], exc_info=True)
+            for path in written:
+                remove_own_output(path)
+            if previous:  # stale outputs of an earlier run of this case must not look current (only medgen's)
+                for name in names.values():
+                    remove_own_output(out_dir / name)
+            row.update(status="failed", error=message, output_path="", record_path="", mask_path="", label_path="")
+    row["seconds"] = f"{time.perf_counter() - start:.2f}"
+    return row
+
+
+def _process_case(task: dict, config, out_dir: Path, names: dict, previous: dict, row: dict, written: list,
+                  start: float) -> dict:
+    """:func:`process_case`'s work, under the folder's ownership guard; raises for a bad case."""
+    from medgen.io.atomic import check_output_path, write_text_atomic
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+    from medgen.transforms.recipes import preprocess
+
+    row["content_hash"] = _case_hash(task)
+    if _is_done(previous, row, out_dir):
+        return {**previous, "_skipped": True}
+    overwrite = bool(task["overwrite"])  # without it only files medgen wrote here are replaced
+    volume = read_volume(task["path"], series_uid=task.get("series_uid"))
+    row.update(original_shape=volume.shape, original_spacing=volume.spacing,
+               original_orientation=volume.orientation, series_uid=volume.series_uid or row["series_uid"])
+    label = read_volume(task["label_path"], kind="label") if task.get("label_path") else None
+    result = preprocess(volume, config, label)
+    inputs = tuple(p for p in (task["path"], task.get("label_path")) if p)
+    targets = [(result.image, "output_path", config.output_dtype)]
+    if config.write_body_mask:
+        targets.append((result.body_mask, "mask_path", "uint8"))
+    if result.label is not None:
+        targets.append((result.label, "label_path", None))
+    for key in [t[1] for t in targets] + ["record_path"]:  # refuse before writing anything
+        check_output_path(out_dir / names[key], overwrite=overwrite, inputs=inputs)
+    for volume_out, key, dtype in targets:
+        written.append(write_volume(volume_out, out_dir / names[key], overwrite=True, inputs=inputs, dtype=dtype))
+    record = {**result.record, "case_id": task["case_id"], "content_hash": row["content_hash"],
+              "outputs": {key: names[key] for key in [t[1] for t in targets] + ["record_path"]}}
+    written.append(write_text_atomic(out_dir / names["record_path"], json.dumps(record, indent=1)))
+    row.update(status="ok", error="", output_path=names["output_path"], record_path=names["record_path"],
+               mask_path=names["mask_path"] if config.write_body_mask else "",
+               label_path=names["label_path"] if result.label is not None else "",
+               output_shape=result.image.shape, output_spacing=result.image.spacing)
     row["seconds"] = f"{time.perf_counter() - start:.2f}"
     return row
 
@@ -279,8 +293,9 @@ def _is_done(previous: dict, row: dict, out_dir: Path) -> bool:
     if previous.get("content_hash") != row["content_hash"] or previous.get("config_hash") != row["config_hash"]:
         log.info("%s: input or config changed since the last run; preprocessing again", row["case_id"])
         return False
+    from medgen.io.ownership import owns
     needed = [previous.get(k) for k in ("output_path", "record_path", "mask_path", "label_path") if previous.get(k)]
-    return all((out_dir / name).is_file() for name in needed)
+    return all(owns(out_dir / name) for name in needed)  # present and still the bytes medgen wrote
 
 
 def _init_worker(level: int) -> None:
@@ -300,12 +315,13 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
 
     Args:
         inputs: files, folders, DICOM series folders or CSV case lists.
-        output_dir: where outputs and ``manifest.csv`` go (created; checked writable up front).
+        output_dir: where outputs and ``manifest.csv`` go (created; checked writable up front, locked for
+            the run, never an input folder or inside one).
         modality: ``"ct"`` or ``"mr"``; picks the shipped config when ``config`` is None.
         config: config path or shipped name (``preprocess/ct``...).
         overrides: ``key=value`` config overrides.
         workers: parallel worker processes (1 = in this process).
-        overwrite: replace existing outputs not recorded in this folder's manifest.
+        overwrite: replace existing files in ``output_dir`` that medgen did not write (the user's own).
         series_uid: the series to read from DICOM folders holding several.
         labels: label-map files/folders, paired with images by case id (:func:`pair_labels`).
         mlflow: log one MLflow run.
@@ -317,7 +333,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
         ConfigError, InputError, OutputError: problems found before any case is processed.
     """
     from medgen.config import config_hash
-    from medgen.io.atomic import ensure_writable_dir
+    from medgen.io.outdir import claim_output_dir
     from medgen.progress import progress
     from medgen.tracking import start_run, write_run_info
     from medgen.transforms.recipes import load_preprocess_config
@@ -331,56 +347,57 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     if not cases:
         raise InputError("no volumes found in the inputs", path=", ".join(str(i) for i in inputs),
                          fix="pass volume files, folders of volumes or DICOM series folders")
-    out_dir = ensure_writable_dir(output_dir, min_free_bytes=64 * 2**20)
-    _check_not_inside_inputs(out_dir, cases)
-    manifest = Manifest(out_dir / MANIFEST_NAME)
-    summary = PreprocessSummary(out_dir, manifest.path)
-    chash = config_hash(cfg)
+    watched = [*inputs, *(labels or []), *(case.path for case in cases)]
+    with claim_output_dir(output_dir, inputs=watched, overwrite=overwrite, command="medgen preprocess",
+                          min_free_bytes=64 * 2**20) as out_dir:
+        manifest = Manifest(out_dir / MANIFEST_NAME)
+        summary = PreprocessSummary(out_dir, manifest.path)
+        chash = config_hash(cfg)
 
-    tasks = []
-    for case in cases:
-        previous = manifest.get(case.case_id)
-        label = label_paths.get(case.case_id)
-        tasks.append({"case_id": case.case_id, "path": str(case.path.resolve()),
-                      "label_path": str(Path(label).resolve()) if label else None, "series_uid": series_uid,
-                      "config": cfg.model_dump(mode="json"), "config_hash": chash, "out_dir": str(out_dir),
-                      "overwrite": overwrite, "previous": previous})
-        if previous is None:  # mark the case as ours before any output of it exists (resume after kill -9)
-            manifest.update({"case_id": case.case_id, "status": "pending", "source_path": str(case.path.resolve()),
-                             "modality": cfg.modality, "config_hash": chash})
-    manifest.save()
+        tasks = []
+        for case in cases:
+            previous = manifest.get(case.case_id)
+            label = label_paths.get(case.case_id)
+            tasks.append({"case_id": case.case_id, "path": str(case.path.resolve()),
+                          "label_path": str(Path(label).resolve()) if label else None, "series_uid": series_uid,
+                          "config": cfg.model_dump(mode="json"), "config_hash": chash, "out_dir": str(out_dir),
+                          "overwrite": overwrite, "previous": previous})
+            if previous is None:  # listed before any output of it exists (ownership itself is in the ledger)
+                manifest.update({"case_id": case.case_id, "status": "pending", "source_path": str(case.path.resolve()),
+                                 "modality": cfg.modality, "config_hash": chash})
+        manifest.save()
 
-    with start_run("preprocess", output_dir=out_dir, enabled=mlflow) as tracker:
-        tracker.log_config(cfg)
-        tracker.log_params({"inputs": " ".join(str(i) for i in inputs), "workers": workers, "n_cases": len(cases)})
-        bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
-        try:
-            last_save = time.monotonic()
-            for row in _run_tasks(tasks, workers):
-                skipped = bool(row.pop("_skipped", False))
-                manifest.commit(row)  # journaled at once; the CSV is rewritten every few seconds
-                if time.monotonic() - last_save > SAVE_EVERY_S:
-                    manifest.save()
-                    last_save = time.monotonic()
-                if row["status"] == "ok":
-                    (summary.skipped if skipped else summary.done).append(row["case_id"])
-                    log.debug("%s: %s", row["case_id"], "skipped (already done)" if skipped else "ok")
-                else:
-                    summary.failed[row["case_id"]] = row["error"]
-                    log.warning("case %s failed: %s", row["case_id"], row["error"])
-                bar.update(1)
-        finally:
-            bar.close()
-            manifest.save()
-        summary.seconds = time.perf_counter() - start
-        if summary.skipped:
-            log.info("skipped %d case(s) already preprocessed with this config", len(summary.skipped))
-        tracker.log_metrics({"cases_done": len(summary.done), "cases_skipped": len(summary.skipped),
-                             "cases_failed": len(summary.failed), "seconds": summary.seconds,
-                             "cases_per_second": len(summary.done) / max(summary.seconds, 1e-9)})
-        tracker.log_manifest(manifest.path, name=f"preprocess-{cfg.modality}", context="preprocessing")
-        write_run_info(out_dir, tracker)
-        summary.run_id = tracker.run_id
+        with start_run("preprocess", output_dir=out_dir, enabled=mlflow) as tracker:
+            tracker.log_config(cfg)
+            tracker.log_params({"inputs": " ".join(str(i) for i in inputs), "workers": workers, "n_cases": len(cases)})
+            bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
+            try:
+                last_save = time.monotonic()
+                for row in _run_tasks(tasks, workers):
+                    skipped = bool(row.pop("_skipped", False))
+                    manifest.commit(row)  # journaled at once; the CSV is rewritten every few seconds
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        manifest.save()
+                        last_save = time.monotonic()
+                    if row["status"] == "ok":
+                        (summary.skipped if skipped else summary.done).append(row["case_id"])
+                        log.debug("%s: %s", row["case_id"], "skipped (already done)" if skipped else "ok")
+                    else:
+                        summary.failed[row["case_id"]] = row["error"]
+                        log.warning("case %s failed: %s", row["case_id"], row["error"])
+                    bar.update(1)
+            finally:
+                bar.close()
+                manifest.save()
+            summary.seconds = time.perf_counter() - start
+            if summary.skipped:
+                log.info("skipped %d case(s) already preprocessed with this config", len(summary.skipped))
+            tracker.log_metrics({"cases_done": len(summary.done), "cases_skipped": len(summary.skipped),
+                                 "cases_failed": len(summary.failed), "seconds": summary.seconds,
+                                 "cases_per_second": len(summary.done) / max(summary.seconds, 1e-9)})
+            tracker.log_manifest(manifest.path, name=f"preprocess-{cfg.modality}", context="preprocessing")
+            write_run_info(out_dir, tracker)
+            summary.run_id = tracker.run_id
     return summary
 
 
@@ -411,11 +428,3 @@ def _run_tasks(tasks: list[dict], workers: int):
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-
-def _check_not_inside_inputs(out_dir: Path, cases: list[CaseInput]) -> None:
-    """Refuse an output folder that is a DICOM input folder (outputs would mix with the series)."""
-    resolved = out_dir.resolve()
-    for case in cases:
-        if case.path.is_dir() and case.path.resolve() == resolved:
-            from medgen.errors import OutputError
-            raise OutputError("is an input DICOM folder", path=out_dir, fix="choose a separate output folder")

@@ -107,7 +107,7 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
     """
     from medgen.data.inputs import collect_inputs
     from medgen.errors import InputError, OutputError
-    from medgen.io.atomic import ensure_writable_dir
+    from medgen.io.outdir import claim_output_dir
 
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -117,8 +117,9 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
     try:
         _cached_translator(options.model)  # a bad model is one error up front, not one per scan
-        ensure_writable_dir(output)
-        return _run_translate_jobs(cases, output, options, workers)
+        with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
+                              command="medgen translate"):
+            return _run_translate_jobs(cases, output, options, workers)
     finally:
         _MODELS.clear()  # the next batch in this process reloads (the bundle may have changed)
 

@@ -3,6 +3,7 @@
 INPUT may be volume files, folders of volume files, DICOM series folders, or a manifest CSV
 written by ``medgen preprocess`` (whose rows point at preprocessed outputs). Folders are scanned
 one level deep for volume files; a folder with no volume files is read as a DICOM series folder.
+Hidden entries (``.*``) are never cases: medgen's temporary files and ledgers are hidden.
 """
 
 from __future__ import annotations
@@ -76,19 +77,25 @@ def collect_inputs(inputs: list[str | Path]) -> list[CaseInput]:
         elif path.is_file():
             cases.append(CaseInput(case_id_from_path(path), path))
         else:
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_volume_file(p))
-            subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+            entries = _visible(path)
+            files = sorted(p for p in entries if p.is_file() and is_volume_file(p))
+            subdirs = sorted(p for p in entries if p.is_dir())
             if files:
                 cases += [CaseInput(case_id_from_path(p), p) for p in files]
-            elif subdirs and not any(p.is_file() for p in path.iterdir()):
+            elif subdirs and not any(p.is_file() for p in entries):
                 # a folder of case folders (each a DICOM series or holding volumes)
                 for sub in subdirs:
-                    sub_files = sorted(p for p in sub.iterdir() if p.is_file() and is_volume_file(p))
+                    sub_files = sorted(p for p in _visible(sub) if p.is_file() and is_volume_file(p))
                     cases += [CaseInput(f"{case_id_from_path(sub)}_{case_id_from_path(p)}", p) for p in sub_files] \
                         or [CaseInput(case_id_from_path(sub), sub)]
             else:
                 cases.append(CaseInput(case_id_from_path(path), path))  # a DICOM series folder
     return _unique_ids(cases)
+
+
+def _visible(folder: Path) -> list[Path]:
+    """A folder's entries without hidden ones (``.*``: temporary files, ledgers, OS metadata)."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
 def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medgen.errors import OutputError
-from medgen.io.atomic import atomic_path, check_output_path
+from medgen.io.atomic import atomic_path, check_output_path, publish
 from medgen.io.readers import NIFTI_SUFFIXES, SITK_SUFFIXES
 from medgen.io.sitk_convert import volume_to_sitk
 from medgen.io.volume import Volume
@@ -82,7 +81,7 @@ def _write_detached(volume: Volume, path: Path) -> None:
         sitk.WriteImage(volume_to_sitk(volume), str(tmp_dir / path.name), useCompression=True)
         produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)  # header last
         for item in produced:
-            os.replace(item, path.parent / item.name)
+            publish(item, path.parent / item.name)
     except OSError as exc:
         raise OutputError(f"could not be written ({exc.strerror or exc})", path=path,
                           fix="check free disk space and permissions") from exc

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from medgen.io.atomic import write_text_atomic
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 
 
@@ -11,7 +12,7 @@ def _work(path: Path, files, payload, *, case_id: str) -> CaseReport:
         os._exit(3)  # a worker killed outright (like the OOM killer): no exception, no report
     if payload == "raise":
         raise ValueError(f"cannot read {path.name}")
-    files[0].write_text(case_id)
+    write_text_atomic(files[0], case_id)  # medgen's writer: the file is recorded as medgen's own
     return CaseReport(case_id, str(path), "ok", {"out": str(files[0])})
 
 

@@ -121,15 +121,16 @@ def test_interrupted_case_is_redone_but_foreign_files_are_not_overwritten(tmp_pa
     inputs = tmp_path / "in"
     make_good_cases(inputs, n=2)
     out = tmp_path / "out"
-    out.mkdir()
-    # a stale half-run of good0 (pending row + leftover output), and a foreign file named like good1's output
-    (out / "manifest.csv").write_text("case_id,status\ngood0,pending\n")
-    (out / "good0.nii.gz").write_bytes(b"stale")
+    assert run_preprocess([inputs / "good0.nii.gz"], out, modality="ct", mlflow=False).done == ["good0"]
+    # good0 interrupted before its record was written (its other outputs are medgen's, in the ledger),
+    # and a foreign file named like good1's output
+    (out / "good0.json").unlink()
     (out / "good1.nii.gz").write_bytes(b"not ours")
     summary = run_preprocess([inputs / "good0.nii.gz", inputs / "good1.nii.gz"], out, modality="ct", mlflow=False)
     assert summary.done == ["good0"] and list(summary.failed) == ["good1"]
-    assert "already exists" in summary.failed["good1"] and "--overwrite" in summary.failed["good1"]
-    assert read_volume(out / "good0.nii.gz").shape[2] == SHAPE[2]
+    assert "not written by medgen" in summary.failed["good1"] and "--overwrite" in summary.failed["good1"]
+    assert "good1.nii.gz" in summary.failed["good1"]
+    assert read_volume(out / "good0.nii.gz").shape[2] == SHAPE[2] and (out / "good0.json").is_file()
     assert (out / "good1.nii.gz").read_bytes() == b"not ours"
     summary = run_preprocess([inputs / "good1.nii.gz"], out, modality="ct", overwrite=True, mlflow=False)
     assert summary.done == ["good1"] and read_volume(out / "good1.nii.gz").orientation == "RAS"

@@ -1,0 +1,108 @@
+"""Claim a batch output folder: checked, locked, cleaned of medgen's temp files, ownership-guarded.
+
+Every batch command (``preprocess``, ``translate`` and ``segment-mr`` into a folder) writes through
+:func:`claim_output_dir`, which, before any work:
+
+* refuses an output folder that is, or lies inside, an input folder (a rerun would collect the
+  outputs as inputs, and outputs would sit among the user's scans);
+* takes an exclusive lock on the folder (``OUT_DIR/.medgen.lock``, the ``filelock`` package; the
+  operating system releases it when the process dies, even after ``kill -9``). A second run into
+  the same folder refuses at once with one line naming the holder, or waits up to
+  ``MEDGEN_LOCK_TIMEOUT`` seconds when that is set, so two runs never interleave manifest rows;
+* removes medgen's own temporary files left by an interrupted run (safe only under the lock);
+* activates the folder's ownership guard (:mod:`medgen.io.ownership`) for the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from medgen.errors import OutputError
+from medgen.io import ownership
+from medgen.io.atomic import ensure_writable_dir, remove_stale_temps
+
+LOCK_NAME = ".medgen.lock"
+LOCK_INFO_NAME = ".medgen.lock.json"
+#: Environment variable: seconds a run waits for another run's lock on its output folder (default 0).
+LOCK_TIMEOUT_ENV = "MEDGEN_LOCK_TIMEOUT"
+
+
+def check_outside_inputs(out_dir: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse ``out_dir`` when it is an input folder or lies inside one.
+
+    Raises:
+        OutputError: naming the output folder and the input folder.
+    """
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            continue
+        folder = folder.resolve()
+        if out == folder or folder in out.parents:
+            where = "is the input folder" if out == folder else f"is inside the input folder {folder}"
+            raise OutputError(f"{where}; outputs would mix with (and be read back as) inputs", path=out_dir,
+                              fix="choose an output folder outside the input folders")
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "0")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OutputError(f"is not a number of seconds ({raw!r})", path=LOCK_TIMEOUT_ENV,
+                          fix=f"set {LOCK_TIMEOUT_ENV}=60 (or unset it)") from None
+    return max(0.0, value)
+
+
+def _holder(folder: Path) -> str:
+    try:
+        info = json.loads((folder / LOCK_INFO_NAME).read_text())
+        return f" (pid {info['pid']} on {info['host']}, {info['command']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+@contextlib.contextmanager
+def claim_output_dir(out_dir: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,
+                     command: str = "medgen", min_free_bytes: int = 0) -> Iterator[Path]:
+    """Check, lock, clean and guard ``out_dir`` for one batch run; yields the folder.
+
+    Args:
+        out_dir: the batch output folder (created).
+        inputs: the run's input paths (folders among them must not hold ``out_dir``).
+        overwrite: the user's ``--overwrite`` (files medgen did not write may be replaced).
+        command: names this run in the message a concurrent run prints.
+        min_free_bytes: free space required up front.
+
+    Raises:
+        OutputError: unwritable, too little space, inside an input folder, or locked by another run.
+    """
+    from filelock import FileLock, Timeout
+
+    check_outside_inputs(out_dir, inputs)
+    folder = ensure_writable_dir(out_dir, min_free_bytes=min_free_bytes)
+    lock = FileLock(str(folder / LOCK_NAME))
+    timeout = _lock_timeout()
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise OutputError(f"is in use by another medgen run{_holder(folder)}", path=out_dir,
+                          fix=f"wait for that run to finish (or set {LOCK_TIMEOUT_ENV}=SECONDS to wait), "
+                              "or choose another output folder") from None
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (folder / LOCK_INFO_NAME).write_text(json.dumps(info))
+        remove_stale_temps(folder)
+        with ownership.guarded(folder, overwrite=overwrite):
+            yield folder
+    finally:
+        (folder / LOCK_INFO_NAME).unlink(missing_ok=True)
+        lock.release()
