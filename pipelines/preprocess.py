@@ -349,7 +349,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
                          fix="pass volume files, folders of volumes or DICOM series folders")
     watched = [*inputs, *(labels or []), *(case.path for case in cases)]
     with claim_output_dir(output_dir, inputs=watched, overwrite=overwrite, command="medgen preprocess",
-                          min_free_bytes=64 * 2**20) as out_dir:
+                          outputs=(MANIFEST_NAME, "mlflow_run.json"), min_free_bytes=64 * 2**20) as out_dir:
         manifest = Manifest(out_dir / MANIFEST_NAME)
         summary = PreprocessSummary(out_dir, manifest.path)
         chash = config_hash(cfg)

@@ -118,7 +118,7 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
     try:
         _cached_translator(options.model)  # a bad model is one error up front, not one per scan
         with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
-                              command="medgen translate"):
+                              command="medgen translate", outputs=(SUMMARY_NAME,)):
             return _run_translate_jobs(cases, output, options, workers)
     finally:
         _MODELS.clear()  # the next batch in this process reloads (the bundle may have changed)

@@ -10,7 +10,8 @@ Every batch command (``preprocess``, ``translate`` and ``segment-mr`` into a fol
   the same folder refuses at once with one line naming the holder, or waits up to
   ``MEDGEN_LOCK_TIMEOUT`` seconds when that is set, so two runs never interleave manifest rows;
 * removes medgen's own temporary files left by an interrupted run (safe only under the lock);
-* activates the folder's ownership guard (:mod:`medgen.io.ownership`) for the block.
+* activates the folder's ownership guard (:mod:`medgen.io.ownership`) for the block, and checks
+  that the run's folder-level files (manifest, summary) are medgen's to replace.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _holder(folder: Path) -> str:
 
 @contextlib.contextmanager
 def claim_output_dir(out_dir: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,
-                     command: str = "medgen", min_free_bytes: int = 0) -> Iterator[Path]:
+                     command: str = "medgen", min_free_bytes: int = 0, outputs: Iterable[str] = ()) -> Iterator[Path]:
     """Check, lock, clean and guard ``out_dir`` for one batch run; yields the folder.
 
     Args:
@@ -80,6 +81,7 @@ def claim_output_dir(out_dir: str | Path, *, inputs: Iterable[str | Path] = (), 
         overwrite: the user's ``--overwrite`` (files medgen did not write may be replaced).
         command: names this run in the message a concurrent run prints.
         min_free_bytes: free space required up front.
+        outputs: names of the run's folder-level files (manifest, summary), checked replaceable up front.
 
     Raises:
         OutputError: unwritable, too little space, inside an input folder, or locked by another run.
@@ -101,7 +103,9 @@ def claim_output_dir(out_dir: str | Path, *, inputs: Iterable[str | Path] = (), 
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         (folder / LOCK_INFO_NAME).write_text(json.dumps(info))
         remove_stale_temps(folder)
-        with ownership.guarded(folder, overwrite=overwrite):
+        with ownership.guarded(folder, overwrite=overwrite) as guard:
+            for name in outputs:  # before any work, not after hours of it
+                guard.check_replaceable(folder / name)
             yield folder
     finally:
         (folder / LOCK_INFO_NAME).unlink(missing_ok=True)
