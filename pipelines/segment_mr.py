@@ -226,7 +226,7 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
     from medgen.io.outdir import claim_output_dir
     with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
-                          command="medgen segment-mr"):
+                          command="medgen segment-mr", outputs=("segment_mr_summary.json",)):
         return _segment_batch(cases, output, options, save_sct=save_sct, qc=qc, dicom_seg=dicom_seg, workers=workers)
 
 
