@@ -18,7 +18,8 @@ from medgen import __version__
 from medgen.errors import MedgenError
 
 # Modules under medgen.cli that define subcommands, in the order --help lists them.
-COMMAND_MODULES = ("phantoms", "preprocess", "train", "translate", "segment", "segment_mr", "generate", "evaluate", "demo")
+COMMAND_MODULES = ("phantoms", "preprocess", "train", "translate", "segment", "segment_mr", "generate", "synthesize",
+                   "evaluate", "demo")
 
 log = logging.getLogger("medgen")
 
