@@ -10,7 +10,12 @@ order or a flipped plane is an error, never a silently mirrored mask.
 
 One BINARY segment per label present. DICOM numbers segments 1..N; the original label id is
 kept in each segment's free-text SegmentDescription (``"medgen label id 5"``) so that
-:func:`read_dicom_seg` restores the same ids.
+:func:`read_dicom_seg` restores the same ids. Each segment carries what a viewer needs: coded
+anatomy (SNOMED CT, with laterality; :mod:`medgen.io.seg_codes`), a distinct recommended display
+colour and the algorithm identification (model name, medgen version).
+
+Checked by other tools in CI (``tests/io/test_dicom_seg_validators.py``): dicom3tools' ``dciodvfy``
+reports no errors, and dcmqi's ``segimage2itkimage`` reads it back voxel for voxel.
 """
 
 from __future__ import annotations
@@ -35,25 +40,6 @@ log = logging.getLogger(__name__)
 
 _ID_PATTERN = re.compile(r"medgen label id (\d+)")
 _POSITION_TOL_MM = 0.01
-
-
-def _property_codes(name: str):
-    """(category, type) coded concepts for a label name: a SNOMED CT organ code where the name is
-    one (``liver``, ``kidney_left`` -> Kidney), else the generic Tissue/Tissue."""
-    from pydicom.sr.codedict import codes
-
-    words = [w for w in re.split(r"[^A-Za-z]+", name) if w]
-    candidates = ["".join(w.capitalize() for w in words)]
-    side_free = [w for w in words if w.lower() not in ("left", "right", "l", "r")]
-    if side_free and side_free != words:
-        candidates.append("".join(w.capitalize() for w in side_free))
-    for keyword in candidates:
-        try:
-            code = getattr(codes.SCT, keyword)
-        except AttributeError:
-            continue
-        return codes.cid7150.AnatomicalStructure, code
-    return codes.cid7150.Tissue, codes.SCT.Tissue
 
 
 def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
@@ -112,7 +98,7 @@ def _label_on_series(label: Volume, series: Volume) -> np.ndarray:
 
 def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: str | Path,
                     label_names: dict[int, str], *, overwrite: bool = False, inputs: tuple = (),
-                    series_uid: str | None = None, algorithm_name: str = "medgen", algorithm_version: str = "1",
+                    series_uid: str | None = None, algorithm_name: str = "medgen", algorithm_version: str | None = None,
                     series_description: str = "medgen segmentation", series_number: int = 300,
                     manufacturer: str = "medgen") -> Path:
     """Write ``label`` as a DICOM SEG (BINARY, one segment per label present) for a DICOM series.
@@ -127,7 +113,8 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
         overwrite: replace an existing file (never an input).
         inputs: paths that must never be overwritten.
         series_uid: the series to use when the folder holds several.
-        algorithm_name, algorithm_version: the algorithm identification stored per segment.
+        algorithm_name, algorithm_version: the algorithm identification stored per segment (name:
+            the model; version: medgen's version by default).
         series_description, series_number, manufacturer: SEG header values.
 
     Returns:
@@ -138,8 +125,9 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
         OutputError: the output exists (without ``overwrite``), is an input or cannot be written.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
+    from medgen import __version__
+    algorithm_version = algorithm_version or __version__
     source_series_folder = Path(source_series_folder)
     out_path = check_output_path(out_path, overwrite=overwrite,
                                  inputs=tuple(inputs) + (label.source, str(source_series_folder)))
@@ -154,22 +142,9 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
         raise InputError("the label map is empty on the series grid: a DICOM SEG needs at least one segment",
                          path=label.name, fix="check the mask, or skip DICOM SEG output for empty masks")
     lut = np.zeros(int(array.max()) + 1, dtype=np.uint16 if len(ids) > 255 else np.uint8)
-    descriptions = []
-    algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=algorithm_version,
-                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = _segment_descriptions(hd, ids, label_names, algorithm_name, algorithm_version)
     for number, label_id in enumerate(ids, start=1):
         lut[label_id] = number
-        name = str(label_names.get(label_id, label_names.get(str(label_id), f"label_{label_id}")))
-        if label_id not in label_names and str(label_id) not in label_names:
-            log.warning("label id %d has no name; calling it %s", label_id, name)
-        category, prop_type = _property_codes(name)
-        desc = hd.seg.SegmentDescription(segment_number=number, segment_label=name[:64],
-                                         segmented_property_category=category,
-                                         segmented_property_type=prop_type,
-                                         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                                         algorithm_identification=algorithm)
-        desc.SegmentDescription = f"{name[:40]} (medgen label id {label_id})"
-        descriptions.append(desc)
     # (i, j, k) -> (frames = k, rows = j, columns = i): frame k pairs with datasets[k] (checked above).
     frames = np.ascontiguousarray(lut[array].transpose(2, 1, 0))
     with warnings.catch_warnings():  # highdicom re-validates the source's PatientName; not ours to fix
@@ -183,13 +158,43 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
     return out_path
 
 
+def _segment_descriptions(hd, ids: list[int], label_names: dict, algorithm_name: str, algorithm_version: str) -> list:
+    """One SegmentDescription per label id: coded anatomy (:mod:`medgen.io.seg_codes`), laterality,
+    a distinct recommended display colour, and the algorithm (name = model, version = medgen's)."""
+    from pydicom.sr.codedict import codes
+
+    from medgen.io.seg_codes import display_colors, segment_codes
+    algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name[:64], version=algorithm_version[:64],
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    colors = display_colors(len(ids))
+    out = []
+    for number, label_id in enumerate(ids, start=1):
+        name = str(label_names.get(label_id, label_names.get(str(label_id), f"label_{label_id}")))
+        if label_id not in label_names and str(label_id) not in label_names:
+            log.warning("label id %d has no name; calling it %s", label_id, name)
+        coded = segment_codes(name)
+        desc = hd.seg.SegmentDescription(segment_number=number, segment_label=name[:64],
+                                         segmented_property_category=coded.category,
+                                         segmented_property_type=coded.type,
+                                         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                                         algorithm_identification=algorithm,
+                                         display_color=hd.color.CIELabColor.from_rgb(*colors[number - 1]))
+        if coded.modifier is not None:
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(coded.modifier)]
+        desc.SegmentDescription = f"{name[:40]} (medgen label id {label_id})"
+        out.append(desc)
+    return out
+
+
 def _segmentation(hd, datasets, frames, descriptions, series_number, manufacturer, version, description):
     return hd.seg.Segmentation(
         source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
         manufacturer_model_name="medgen", software_versions=version, device_serial_number="0",
-        series_description=description, omit_empty_frames=True)
+        series_description=description, content_label="MEDGEN", content_description=description[:64],
+        omit_empty_frames=True)
 
 
 def _segment_ids(seg) -> dict[int, tuple[int, str]]:
