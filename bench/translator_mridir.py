@@ -1,4 +1,4 @@
-"""Real-data acceptance experiment: unpaired MR -> CT on the MRI-DIR porcine phantom; prints JSON.
+"""Real-data acceptance experiment: MR -> CT on the MRI-DIR porcine phantom, two routes; prints JSON.
 
 Data (``$MEDGEN_SAMPLE_DATA/mridir_phantom`` or ``../shared/data/mridir_phantom``): a real CT and a
 real T2 MR of the same object, the MR rigidly registered onto the CT's 1 mm grid (approximate).
@@ -7,23 +7,30 @@ Protocol:
 
 * Slices are axial: the volumes are LPS-stored with array axis 2 = superior (checked below), which
   is RAS axis 2 after medgen's reorientation, the axis the 2.5D translator slices along.
-* Train on the upper 70% of slices, *unpaired*: the MR slab and the CT slab are handed to
-  ``medgen train translator`` as two separate inputs, and MR and CT samples are drawn
-  independently (no pairing information is used).
+* Two translators, each trained on the upper 70% of slices only:
+
+  - ``cyclegan`` (``translator/cyclegan_25d``): *unpaired*: the MR slab and the CT slab are handed
+    to ``medgen train translator`` as two separate inputs, and MR and CT samples are drawn
+    independently (no pairing information is used);
+  - ``synth`` (``translator/synth_25d``, objective synth): the CT slab alone; G learns from
+    random-contrast renderings of the CT's HU tissue classes paired with that CT (no MR
+    intensities at all). ``--synth-mr`` adds the MR slab as unpaired MR (CycleGAN terms).
+
 * Translate the lower 30% MR slab with ``translate_volume`` (preprocess -> translate -> invert to
   the 1 mm grid) and compare with the CT slab inside the object mask: CT body (> -500 HU) AND MR
   body, eroded by 2 voxels (misregistration and partial volume at the boundary excluded). MAE
   overall, in bone (CT > 200 HU) and fat (CT < -30 HU); PSNR and SSIM (data range 2000 HU).
 * Baselines measured the same way: the constant median CT HU of the training slab (inside its
   object mask), and MR -> CT histogram matching (quantile mapping learnt on the training slabs'
-  object voxels).
+  object voxels; it uses the paired training slabs' value distributions).
 
 Nothing is tuned on the test slab: the model of the last step is used; the test MAE logged
 during training is for the learning curve only.
 
 Usage::
 
-    python bench/translator_mridir.py --steps 1500 [--out DIR] [--set key=value ...]
+    python bench/translator_mridir.py --routes synth cyclegan --synth-steps 1500 --cyclegan-steps 1500 \
+        [--out DIR] [--set key=value ...] [--synth-set key=value ...]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +53,8 @@ DEFAULT_OVERRIDES = [
     # the pork bone reaches ~1450 HU (99th percentile); a wider window than the abdominal default
     "preprocess.ct.ct.window=[-1000,1600]",
     "data.patch_size=[64,64]", "model.features=16", "model.n_blocks=6", "model.disc_features=32",
-    "train.precision=bf16", "train.validate_every=250", "train.checkpoint_every=250", "train.log_every=25",
+    # fp32: on CPUs without bf16 instructions (AVX2 only) bf16 autocast runs ~10x slower
+    "train.precision=fp32", "train.validate_every=250", "train.checkpoint_every=250", "train.log_every=25",
 ]
 
 
@@ -87,28 +96,24 @@ def histogram_matching(mr_train, ct_train, mask_mr_train, mask_ct_train, mr_test
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="/tmp/medgen_bench_mridir")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--config", default="translator/cyclegan_25d")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--train-fraction", type=float, default=0.7)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is much faster than 2 on a busy 2-core machine: no OpenMP spinning)")
-    parser.add_argument("--no-val", action="store_true", help="do not log the test-slab learning curve")
-    args = parser.parse_args(argv)
+@dataclass
+class Split:
+    """The MRI-DIR volumes cut into the training (upper) and test (lower) slabs, with masks."""
 
-    import torch
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from medgen.config import load_config
+    paths: dict
+    train_range: tuple
+    test_range: tuple
+    ct_test: np.ndarray
+    test_mask: np.ndarray
+    hm: np.ndarray
+    result: dict
+
+
+def prepare(out: Path, train_fraction: float) -> Split:
+    """Write the four slabs under ``out``; the baselines' scores (in ``Split.result``)."""
     from medgen.data.sampling import body_mask
-    from medgen.inference.translate import load_translator, translate_volume
     from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
-    from medgen.pipelines.train_translator import train_translator
-    from medgen.training.translator import TranslatorConfig
 
     folder = data_dir()
     ct = read_volume(folder / "mridir_porcine_head_ct_1mm.nii.gz")
@@ -117,13 +122,12 @@ def main(argv=None) -> int:
     axis_code = ct.orientation[2]
     assert axis_code in "SI", f"array axis 2 is {axis_code}, not the axial normal"
     depth = ct.shape[2]
-    n_train = int(round(depth * args.train_fraction))
+    n_train = int(round(depth * train_fraction))
     # "upper" = superior: array axis 2 points superior (S) here, so the upper slices are the last ones
     if axis_code == "S":
         train_range, test_range = (depth - n_train, depth), (0, depth - n_train)
     else:
         train_range, test_range = (0, n_train), (n_train, depth)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, vol, rng in (("mr_train", mr, train_range), ("ct_train", ct, train_range),
@@ -148,48 +152,99 @@ def main(argv=None) -> int:
     result["baseline_constant_median"] = {"value_hu": median, **scores(np.full_like(ct_test, median), ct_test, test_mask)}
     hm = histogram_matching(mr_tr, ct_tr, body_mask(mr_tr) & train_mask, train_mask, mr_test, body_mask(mr_test))
     result["baseline_histogram_matching"] = scores(hm, ct_test, test_mask)
-    print(json.dumps({"baselines": {k: v for k, v in result.items() if k.startswith("baseline")}}), file=sys.stderr)
+    return Split(paths, train_range, test_range, ct_test, test_mask, hm, result)
 
-    overrides = DEFAULT_OVERRIDES + list(args.overrides)
-    config = load_config(args.config, TranslatorConfig, default="translator/cyclegan_25d", overrides=overrides)
-    run_dir = out / "run"
+
+def run_route(name: str, config_name: str, overrides: list[str], steps: int, split: Split, out: Path, *,
+              use_mr: bool, curve: bool) -> dict:
+    """Train one translator on the training slabs and score it on the test slab (JSON-ready dict)."""
+    import torch
+
+    from medgen.config import load_config
+    from medgen.inference.translate import load_translator, translate_volume
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+    from medgen.pipelines.train_translator import make_paired_case, train_translator
+    from medgen.training.translator import TranslatorConfig
+
+    config = load_config(config_name, TranslatorConfig, default=config_name, overrides=overrides)
+    paths = split.paths
+    run_dir = out / f"run_{name}"
     start = time.perf_counter()
     # learning curve on the test slab with the same object mask as the final numbers (not used to select anything)
-    from medgen.pipelines.train_translator import make_paired_case
-    curve = [] if args.no_val else [make_paired_case("mridir_test", read_volume(paths["mr_test"]),
-                                                     read_volume(paths["ct_test"]), config, torch.device("cpu"),
-                                                     torch.bfloat16, object_mask=test_mask)]
-    bundle = train_translator(config, mr_inputs=[paths["mr_train"]], ct_inputs=[paths["ct_train"]], run_dir=run_dir,
-                              max_steps=args.steps, resume=(run_dir / "checkpoints").exists(), device="cpu",
-                              mlflow=False, paired_cases=curve)
+    cases = [make_paired_case("mridir_test", read_volume(paths["mr_test"]), read_volume(paths["ct_test"]), config,
+                              torch.device("cpu"), torch.float32, object_mask=split.test_mask)] if curve else []
+    bundle = train_translator(config, mr_inputs=[paths["mr_train"]] if use_mr else None,
+                              ct_inputs=[paths["ct_train"]], run_dir=run_dir, max_steps=steps,
+                              resume=(run_dir / "checkpoints").exists(), device="cpu", mlflow=False,
+                              paired_cases=cases)
     train_s = time.perf_counter() - start
     translator = load_translator(bundle)
     mr_test_vol = read_volume(paths["mr_test"])
     variants = {}
-    for name, kwargs, settings in (("default", {}, {}),
-                                   ("no_background_mask", {"mask_background": False}, {}),
-                                   ("centre_channel_only", {}, {"stack_blend": "centre"})):
+    for variant, kwargs, settings in (("default", {}, {}),
+                                      ("no_background_mask", {"mask_background": False}, {}),
+                                      ("centre_channel_only", {}, {"stack_blend": "centre"})):
         translator.settings = {**config.inference.model_dump(), **settings}
         t0 = time.perf_counter()
-        sct = translate_volume(mr_test_vol, translator, device="cpu", precision="bf16", show_progress=False, **kwargs)
-        variants[name] = {**scores(sct.array, ct_test, test_mask), "seconds": round(time.perf_counter() - t0, 2)}
-        if name == "default":
-            write_volume(sct, out / "sct_test.nii.gz", overwrite=True)
-    translator.settings = config.inference.model_dump()
-    sct32 = translate_volume(mr_test_vol, translator, device="cpu", precision="fp32", show_progress=False)
-    variants["default_fp32_inference"] = scores(sct32.array, ct_test, test_mask)
-    result["translator"] = variants["default"]
-    result["translator_variants"] = variants
-    result["training"] = {"steps": args.steps, "seconds": round(train_s, 1), "overrides": overrides,
-                          "config": args.config}
+        sct = translate_volume(mr_test_vol, translator, device="cpu", precision="fp32", show_progress=False, **kwargs)
+        variants[variant] = {**scores(sct.array, split.ct_test, split.test_mask),
+                             "seconds": round(time.perf_counter() - t0, 2)}
+        if variant == "default":
+            write_volume(sct, out / f"sct_test_{name}.nii.gz", overwrite=True)
+            sct_default = sct.array
     hist = [r for r in _history(run_dir) if r.get("phase") == "val" and "mae_hu" in r]
-    result["test_mae_curve"] = [(r["step"], round(r["mae_hu"], 1)) for r in hist]
-    base_c, base_h = result["baseline_constant_median"]["mae_hu"], result["baseline_histogram_matching"]["mae_hu"]
-    mine = result["translator"]["mae_hu"]
-    result["improvement"] = {"vs_constant_hu": round(base_c - mine, 2), "vs_constant_pct": round(100 * (1 - mine / base_c), 1),
-                             "vs_histogram_hu": round(base_h - mine, 2),
-                             "vs_histogram_pct": round(100 * (1 - mine / base_h), 1)}
-    _picture(out / "mridir_test.png", mr_test_vol, ct_test, sct32.array, hm)
+    base_c = split.result["baseline_constant_median"]["mae_hu"]
+    base_h = split.result["baseline_histogram_matching"]["mae_hu"]
+    mine = variants["default"]["mae_hu"]
+    _picture(out / f"mridir_test_{name}.png", mr_test_vol, split.ct_test, sct_default, split.hm)
+    return {"translator": variants["default"], "variants": variants,
+            "training": {"steps": steps, "seconds": round(train_s, 1), "config": config_name, "overrides": overrides,
+                         "inputs": "CT + MR upper slabs (unpaired)" if use_mr else "CT upper slab only"},
+            "test_mae_curve": [(r["step"], round(r["mae_hu"], 1)) for r in hist],
+            "improvement": {"vs_constant_hu": round(base_c - mine, 2), "vs_constant_pct": round(100 * (1 - mine / base_c), 1),
+                            "vs_histogram_hu": round(base_h - mine, 2),
+                            "vs_histogram_pct": round(100 * (1 - mine / base_h), 1)},
+            "acceptance": {"mae_below_constant": bool(mine < base_c),
+                           "bone_mae_le_300": bool(variants["default"]["mae_bone_hu"] <= 300.0)}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/medgen_bench_mridir")
+    parser.add_argument("--routes", nargs="+", choices=("synth", "cyclegan"), default=["synth", "cyclegan"])
+    parser.add_argument("--steps", type=int, default=None, help="steps of every route (else the per-route ones)")
+    parser.add_argument("--synth-steps", type=int, default=1500)
+    parser.add_argument("--cyclegan-steps", type=int, default=1500)
+    parser.add_argument("--config", default="translator/cyclegan_25d", help="the CycleGAN route's config")
+    parser.add_argument("--synth-config", default="translator/synth_25d")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every route")
+    parser.add_argument("--synth-set", action="append", default=[], help="override for the synth route only")
+    parser.add_argument("--synth-mr", action="store_true",
+                        help="synth route: also the MR upper slab as unpaired MR (CycleGAN terms on real MR)")
+    parser.add_argument("--train-fraction", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is much faster than 2 on a busy 2-core machine: no OpenMP spinning)")
+    parser.add_argument("--no-val", action="store_true", help="do not log the test-slab learning curve")
+    args = parser.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    out = Path(args.out)
+    split = prepare(out, args.train_fraction)
+    result = dict(split.result)
+    print(json.dumps({"baselines": {k: v for k, v in result.items() if k.startswith("baseline")}}), file=sys.stderr)
+    for route in args.routes:
+        if route == "synth":
+            steps = args.steps or args.synth_steps
+            result["synth"] = run_route("synth", args.synth_config, DEFAULT_OVERRIDES + args.overrides + args.synth_set,
+                                        steps, split, out, use_mr=args.synth_mr, curve=not args.no_val)
+        else:
+            steps = args.steps or args.cyclegan_steps
+            result["cyclegan"] = run_route("cyclegan", args.config, DEFAULT_OVERRIDES + args.overrides, steps, split,
+                                           out, use_mr=True, curve=not args.no_val)
+        print(json.dumps({route: result[route]["translator"]}), file=sys.stderr)
     text = json.dumps(result, indent=1)
     (out / "result.json").write_text(text)
     print(text)
@@ -211,7 +266,7 @@ def _picture(path, mr_vol, ct, sct, hm):
             img, aspect = plane_slice(mr_vol.with_array(arr), plane)
             row.append(Panel(img, aspect, win, title=f"{title} {plane}"))
         rows.append(row)
-    save_panels_png(path, rows, title="MRI-DIR lower 30% (test)")
+    save_panels_png(path, rows, title=f"MRI-DIR lower 30% (test): {Path(path).stem}")
 
 
 if __name__ == "__main__":
