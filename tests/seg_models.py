@@ -83,6 +83,20 @@ def zoo_bundle(folder: Path, *, seed: int = 1, pixdim=(2.5, 2.5, 3.0), roi=(32, 
             {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -175, "a_max": 250, "b_min": 0.0,
              "b_max": 1.0, "clip": True}]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(roi), "sw_batch_size": 1, "overlap": 0.25},
+        # MONAI's own inference, Model-Zoo style (plain expressions instead of an ignite evaluator)
+        "input_image": "",
+        "output_dir": "$@bundle_root + '/eval'",
+        "loader": {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": True, "to_tensor": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False}]},
+        "prepared": "$@preprocessing(@loader({'image': @input_image}))",
+        "initialize": ["$import numpy", "$torch.set_grad_enabled(False)",
+                       "$@network.load_state_dict(torch.load(@bundle_root + '/models/model.pt', weights_only=True))"],
+        "run": ["$@postprocessing({**@prepared, 'pred': @inferer(@prepared['image'][None], @network.eval())[0]})"],
     }
     (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=1))
     meta = {"version": "0.1.0", "monai_version": "1.6.0", "name": "test zoo bundle",

@@ -3,7 +3,10 @@
 Layout written by every trainer (``RUN_DIR/bundle/``)::
 
     configs/metadata.json    MONAI bundle metadata (version, network_data_format, label names)
-    configs/inference.json   MONAI-style description of the network (informative, never executed)
+    configs/inference.json   a MONAI bundle config MONAI's own runner executes (segmenter and
+                             translator: ``python -m monai.bundle run --config_file ... --input_image
+                             CT.nii.gz --output_dir OUT``, see :func:`monai_inference_config`);
+                             medgen itself never evaluates it
     models/model.pt          the network's state dict (loaded with weights_only=True)
     medgen.json              what medgen needs to rebuild and apply the model: kind, network name
                              and arguments, preprocessing recipe, label names, extra settings
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medgen import __version__
@@ -92,13 +96,77 @@ def save_bundle(folder: str | Path, spec: BundleSpec, network: torch.nn.Module) 
     if spec.label_names:
         metadata.setdefault("label_names", {str(k): v for k, v in spec.label_names.items()})
     write_text_atomic(folder / "configs" / "metadata.json", json.dumps(metadata, indent=2))
-    inference = {"network_def": {"_target_": spec.network["name"].replace(":", "."), **spec.network.get("kwargs", {})},
-                 "_comment": "informative; medgen rebuilds the network from medgen.json without evaluating code"}
+    inference = monai_inference_config(spec)
     write_text_atomic(folder / "configs" / "inference.json", json.dumps(inference, indent=2))
     desc = {"kind": spec.kind, "network": spec.network, "preprocess": spec.preprocess,
             "label_names": {str(k): v for k, v in spec.label_names.items()}, "extra": spec.extra}
     write_text_atomic(folder / MEDGEN_JSON, json.dumps(desc, indent=2))
     return folder
+
+
+def network_target(name: str) -> str:
+    """The importable ``module.Class`` of a registered network name (for a MONAI ``_target_``)."""
+    from medgen.networks.registry import NETWORKS
+    return NETWORKS.get(name, name).replace(":", ".")
+
+
+def monai_inference_config(spec: BundleSpec) -> dict:
+    """``configs/inference.json`` that ``monai.bundle`` runs to apply the model to ``input_image``.
+
+    The network's ``_target_`` is importable (MONAI's or medgen's class); weights load from
+    ``models/model.pt``. Segmenter: ``LoadImaged`` -> medgen's preprocessing
+    (:class:`~medgen.models.bundle_transforms.PrepareSegmenterInputd`) -> MONAI
+    ``SlidingWindowInferer`` (Gaussian blending of softmax scores, like ``medgen segment``) ->
+    arg-max -> labels back on the input grid -> ``SaveImaged`` (``<name>_seg.nii.gz``); plain
+    config expressions (no pytorch-ignite engine needed). Translator: ``LoadImaged`` ->
+    :class:`~medgen.models.bundle_transforms.Translated` -> ``SaveImaged`` (``<name>_sct.nii.gz``).
+    Other kinds get the network description only.
+    """
+    net = {"_target_": network_target(spec.network["name"]), **spec.network.get("kwargs", {})}
+    base = {
+        "imports": ["$import numpy", "$import torch", "$import medgen.models.bundle_transforms"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "input_image": "",
+        "output_dir": "$@bundle_root + '/eval'",
+        "network_def": net,
+        "load_weights": "$@network_def.load_state_dict(torch.load(@bundle_root + '/models/model.pt', "
+                        "map_location='cpu', weights_only=True))",
+        "loader": {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+    }
+    if spec.kind == "segmenter" and "input" in spec.extra:
+        from medgen.models.segmenters import InputSpec
+        inp = InputSpec.from_dict(spec.extra["input"])
+        pad = float(inp.scale(np.array([-1024.0]))[0])
+        return {**base,
+                "network": "$torch.nn.Sequential(@network_def, torch.nn.Softmax(dim=1)).to(@device).eval()",
+                "preprocessing": {"_target_": "Compose", "transforms": [
+                    "@loader",
+                    {"_target_": "medgen.models.bundle_transforms.PrepareSegmenterInputd", "keys": "image",
+                     "input_spec": inp.to_dict()}]},
+                "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(inp.patch_size), "sw_batch_size": 2,
+                            "overlap": inp.overlap, "mode": "gaussian", "padding_mode": "constant", "cval": pad},
+                "postprocessing": {"_target_": "Compose", "transforms": [
+                    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                    {"_target_": "medgen.models.bundle_transforms.LabelsOnSourceGridd", "keys": "pred"},
+                    {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                     "output_dtype": "$numpy.uint8" if max(spec.label_names, default=0) < 256 else "$numpy.uint16",
+                     "resample": False, "separate_folder": False, "print_log": False}]},
+                "prepared": "$@preprocessing({'image': @input_image})",
+                "scores": "$@inferer(@prepared['image'][None].to(@device), @network)[0].cpu()",
+                "initialize": ["$torch.set_grad_enabled(False)", "$@load_weights"],
+                "run": ["$@postprocessing({**@prepared, 'pred': @scores})"]}
+    if spec.kind == "translator":
+        return {**base,
+                "network": "$@network_def.to(@device).eval()",
+                "translate": {"_target_": "medgen.models.bundle_transforms.Translated", "keys": "image",
+                              "network": "@network", "bundle_root": "@bundle_root", "device": "@device"},
+                "saver": {"_target_": "SaveImaged", "keys": "image", "output_dir": "@output_dir",
+                          "output_postfix": "sct", "output_dtype": "$numpy.int16", "resample": False,
+                          "separate_folder": False, "print_log": False},
+                "initialize": ["$@load_weights"],
+                "run": ["$@saver(@translate(@loader({'image': @input_image})))"]}
+    return {"network_def": net, "_comment": "network description; apply with medgen"}
 
 
 def _monai_version() -> str:

@@ -20,6 +20,9 @@ Users bring CT segmentation models in several forms; the MR->CT->mask chain must
 Every network-based segmenter does the same thing at inference: reorient to its orientation
 (RAS by default), resample to its spacing, scale HU to its input range, sliding-window
 arg-max, and map the labels back onto the input CT's exact grid with nearest neighbour.
+A MONAI bundle does these steps with MONAI's own transforms (``Orientation``, ``Spacing``,
+``sliding_window_inference`` with the bundle's blending, ``Invert``), so medgen's mask equals
+MONAI's own bundle inference voxel for voxel (:mod:`medgen.models.bundle_transforms`).
 """
 
 from __future__ import annotations
@@ -477,7 +480,7 @@ def load_monai_bundle(folder: str | Path, *, trust_bundle: bool = False) -> Netw
             net = torch.jit.load(str(ts_path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"TorchScript model cannot be loaded ({type(exc).__name__})", path=ts_path) from exc
-        return NetworkSegmenter(net, spec, names, source=str(folder))
+        return _zoo_segmenter(net, spec, names, folder, config)
     if not pt_path.exists():
         raise ModelError("MONAI bundle has no models/model.pt or models/model.ts", path=folder,
                          fix="download the bundle's weights (e.g. python -m monai.bundle download ...)")
@@ -493,7 +496,13 @@ def load_monai_bundle(folder: str | Path, *, trust_bundle: bool = False) -> Netw
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"weights do not match network_def ({str(exc)[:200]})", path=pt_path) from exc
-    return NetworkSegmenter(net, spec, names, source=str(folder))
+    return _zoo_segmenter(net, spec, names, folder, config)
+
+
+def _zoo_segmenter(net, spec: InputSpec, names: dict, folder: Path, config: dict) -> NetworkSegmenter:
+    """The bundle's network applied with MONAI's own transforms, as ``monai.bundle`` inference applies it."""
+    from medgen.models.bundle_transforms import monai_bundle_segmenter, monai_pipeline_settings
+    return monai_bundle_segmenter(net, spec, names, source=str(folder), settings=monai_pipeline_settings(config))
 
 
 # ---------------------------------------------------------------------------------------------
