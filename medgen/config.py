@@ -13,20 +13,28 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medgen.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+#: Value types shared by the schemas: counts of steps, voxels, cases (>= 1); sizes in mm (> 0);
+#: sliding-window overlaps (0 <= overlap < 1: 1 would never advance the window).
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Overlap = Annotated[float, Field(ge=0, lt=1)]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment,
+    and no float may be NaN or infinite (``lr=nan`` is refused before a run exists)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 def shipped_config_names() -> list[str]:
@@ -97,6 +105,9 @@ def validate(data: dict, schema: type[T], source: str) -> T:
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key '{key}'")
+            elif err["type"] == "value_error":  # a validator's own sentence: say it without the raw input
+                message = err["msg"].removeprefix("Value error, ")
+                problems.append(f"'{key}': {message}" if key else message)
             else:
                 problems.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid config: " + "; ".join(problems), path=source,
@@ -135,6 +146,21 @@ def load_config(ref: str | Path | None, schema: type[T], *, default: str,
     for assignment in overrides:
         apply_override(data, assignment, schema)
     return validate(data, schema, source)
+
+
+def with_value(config: T, key: str, value: Any, source: str) -> T:
+    """``config`` with the dotted ``key`` set to ``value``, validated like any config (e.g. ``--max-steps``).
+
+    Raises:
+        ConfigError: the value breaks the schema, naming ``source`` (the command-line flag).
+    """
+    data = config.model_dump(mode="python")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+    return validate(data, type(config), source)
 
 
 def config_hash(config: BaseModel) -> str:

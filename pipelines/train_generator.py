@@ -59,13 +59,14 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     from medgen.training.generator import GeneratorTask, check_config
     from medgen.training.loop import LoopSettings, run_training
 
+    if max_steps is not None:
+        from medgen.config import with_value
+        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
     check_config(config)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     distributed.init_distributed(dev)
-    if max_steps is not None:
-        config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
     seed_everything(config.train.seed + distributed.rank())
     names = read_label_names(label_names)
     triples = pair_inputs(images, labels)

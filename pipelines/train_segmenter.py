@@ -66,14 +66,15 @@ def train_segmenter(
     from medgen.training.loop import LoopSettings, run_training
     from medgen.training.segmenter import SegmenterTask, input_spec, pair_inputs, plan_labels, read_label_names
 
+    if max_steps is not None:
+        from medgen.config import with_value
+        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     distributed.init_distributed(dev)
     seed = config.train.seed
     seed_everything(seed + distributed.rank())
-    if max_steps is not None:
-        config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
 
     pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
     val_pairs = pair_inputs(collect_inputs(val_images), collect_inputs(val_labels)) if val_images else []

@@ -276,12 +276,13 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
     from medgen.training.loop import LoopSettings, read_history, run_training
     from medgen.training.translator import TranslatorTask
 
+    if max_steps is not None:
+        from medgen.config import with_value
+        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     distributed.init_distributed(dev)
-    if max_steps is not None:
-        config = config.model_copy(update={"train": config.train.model_copy(update={"steps": int(max_steps)})})
     dtype = resolve_precision(config.train.precision, dev)
     log.info("device %s, precision %s", dev, dtype)
     check_translator_inputs(config, mr_inputs, ct_inputs, ct_labels)

@@ -23,6 +23,13 @@ from medgen.io.volume import Volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+#: DICOM modalities that are not images: segmentations, structure sets, dose, plans, reports, registrations...
+NON_IMAGE_MODALITIES = {"SEG": "segmentation (DICOM SEG)", "RTSTRUCT": "RT structure set", "RTDOSE": "RT dose",
+                        "RTPLAN": "RT plan", "RTRECORD": "RT treatment record", "SR": "structured report",
+                        "PR": "presentation state", "KO": "key-object selection", "REG": "registration",
+                        "DOC": "encapsulated document", "PLAN": "plan", "RWV": "real-world value map"}
+#: Label ids must fit a 32-bit signed integer (what NIfTI/NRRD label maps and torch indices hold).
+LABEL_ID_MAX = int(np.iinfo(np.int32).max)
 
 
 def is_volume_file(path: str | Path) -> bool:
@@ -47,16 +54,55 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, kind: str = 
         raise InputError("does not exist", path=path, fix="check the path")
     if path.is_dir():
         volume = read_dicom_series(path, series_uid)
+        _refuse_non_image(volume.meta.get("modality"), path, kind)
     elif path.name.lower().endswith(NIFTI_SUFFIXES):
         volume = _read_nifti(path)
     elif path.name.lower().endswith(SITK_SUFFIXES):
         volume = _read_sitk(path)
     elif path.name.lower().endswith(".dcm"):
+        _refuse_non_image(_dicom_file_modality(path), path, kind)
         volume = read_dicom_series(path.parent, series_uid)
+        _refuse_non_image(volume.meta.get("modality"), path, kind)
     else:
         raise InputError(f"unsupported file type '{''.join(path.suffixes) or path.name}'", path=path,
                          fix="use NIfTI (.nii/.nii.gz), NRRD (.nrrd), MetaImage (.mha/.mhd) or a DICOM series folder")
     return check_volume(volume, kind=kind)
+
+
+def _dicom_file_modality(path: Path) -> str | None:
+    import pydicom
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) or None
+    except Exception:  # noqa: BLE001 - unreadable here: the series reader reports it properly
+        return None
+
+
+def _refuse_non_image(modality: str | None, path: Path, kind: str) -> None:
+    """A DICOM SEG, RT structure set, report... is not an image (a SEG read as one looks like an MR)."""
+    what = NON_IMAGE_MODALITIES.get((modality or "").upper())
+    if what is None or kind != "image":
+        return
+    fix = "pass the image series (e.g. the CT/MR folder a SEG references); a DICOM SEG holds labels, not voxels"
+    raise InputError(f"is a DICOM {modality} object ({what}), not an image", path=path, fix=fix)
+
+
+def _check_nifti_geometry(image, path: Path, ndim: int) -> None:
+    """Refuse a NIfTI whose voxel-to-world geometry is undefined (no sform, no qform, pixdim <= 0)."""
+    header = image.header
+    try:  # nibabel "repairs" pixdim 0 to 1 while loading; judge the header as stored
+        with nib.openers.ImageOpener(str(path)) as fh:
+            header = type(image.header).from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 - the loaded header is the next best thing
+        pass
+    sform, qform = int(header["sform_code"]), int(header["qform_code"])
+    if sform > 0 or qform > 0:
+        return  # an explicit affine; check_volume refuses a singular one
+    zooms = [float(z) for z in header["pixdim"][1:1 + min(3, ndim)]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InputError(f"has no defined geometry: sform_code 0, qform_code 0 and pixdim[1:4] = "
+                         f"{[round(z, 6) for z in zooms]} (voxel size must be > 0)", path=path,
+                         fix="write the voxel size and orientation into the header (e.g. nibabel set_sform/"
+                             "set_qform with the scanner affine) and re-export")
 
 
 def _read_nifti(path: Path) -> Volume:
@@ -69,6 +115,7 @@ def _read_nifti(path: Path) -> Volume:
             nib.spatialimages.HeaderDataError) as exc:
         raise InputError(f"cannot be read as NIfTI: truncated or not a NIfTI file ({exc})", path=path,
                          fix="re-export or re-download the file; check it is really a NIfTI image") from exc
+    _check_nifti_geometry(image, path, array.ndim)
     return Volume(array, image.affine.astype(np.float64), source=str(path))
 
 
@@ -129,6 +176,9 @@ def check_volume(volume: Volume, *, kind: str = "image") -> Volume:
         if array.size and array.min() < 0:
             raise InputError("is a label map with negative ids", path=volume.name, fix="label ids must be >= 0")
         top = array.max(initial=0)
+        if top > LABEL_ID_MAX:
+            raise InputError(f"is a label map with ids up to {top:.0f}, above the 32-bit range ({LABEL_ID_MAX})",
+                             path=volume.name, fix=f"renumber the labels to ids 0..{LABEL_ID_MAX} (e.g. 1, 2, 3...)")
         array = array.astype(np.uint8 if top <= 255 else np.int16 if top <= 32767 else np.int32)
     else:
         array = array.astype(np.float32, copy=False)

@@ -30,11 +30,11 @@ def register_network(name: str, target: str) -> None:
     NETWORKS[name] = target
 
 
-def build_network(name: str, kwargs: dict) -> torch.nn.Module:
-    """Instantiate a registered network.
+def network_class(name: str) -> type:
+    """The registered network class of ``name``.
 
     Raises:
-        ModelError: the name is not registered.
+        ModelError: the name is not registered or is not a network class.
     """
     target = NETWORKS.get(name)
     if target is None and name.startswith("medgen.networks.") and name.count(":") == 1:
@@ -49,4 +49,18 @@ def build_network(name: str, kwargs: dict) -> torch.nn.Module:
     # only network classes: never a function or module that happens to be importable from there
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ModelError(f"'{name}' is not a network class", fix="name a torch.nn.Module class of medgen.networks")
-    return cls(**kwargs)
+    return cls
+
+
+def build_network(name: str, kwargs: dict, *, source: str | None = None) -> torch.nn.Module:
+    """Instantiate a registered network.
+
+    Raises:
+        ModelError: the name is not registered, or the arguments do not build it (naming ``source``).
+    """
+    cls = network_class(name)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelError(f"network '{name}' cannot be built from its arguments ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})", path=source, fix="correct network.kwargs (or re-export the model)") from exc

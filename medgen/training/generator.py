@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from medgen.config import StrictModel
+from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.data.label_image_pairs import (IntensityScale, LabelChannels, Pair, PatchSampler, mr_robust_max,
                                            per_label_means)
 from medgen.data.label_sampler import LabelSamplerConfig
@@ -43,11 +43,11 @@ NETWORK_NAME = "medgen.networks.spade_generator:SPADEGenerator"
 
 class GeneratorDataConfig(StrictModel):
     modality: Literal["ct", "mr"] = "ct"
-    spacing: list[float] | None = None
+    spacing: list[PositiveFloat] | None = None
     ct_window: list[float] = [-1000.0, 1000.0]
     mr_percentile: float = 99.5
-    patch_size: list[int] = [32, 32, 32]
-    batch_size: int = 2
+    patch_size: list[PositiveInt] = [32, 32, 32]
+    batch_size: PositiveInt = 2
     foreground_prob: float = 0.9
 
 
@@ -73,21 +73,21 @@ class GeneratorLossConfig(StrictModel):
 
 
 class GeneratorTrainConfig(StrictModel):
-    steps: int = 300
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    steps: PositiveInt = 300
+    lr_g: PositiveFloat = 2e-4
+    lr_d: PositiveFloat = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     seed: int = 0
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    log_every: int = 10
-    validate_every: int = 100
-    checkpoint_every: int = 100
+    log_every: PositiveInt = 10
+    validate_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
     validate_cases: int = 1
 
 
 class GeneratorInferenceConfig(StrictModel):
-    overlap: float = 0.25
+    overlap: Overlap = 0.25
 
 
 class GeneratorExportConfig(StrictModel):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from medgen.config import StrictModel
+from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.errors import InputError
 from medgen.io.geometry import reorient, resample_like
 from medgen.io.volume import Volume
@@ -64,13 +64,13 @@ class NetworkConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    spacing: list[float] | None = [2.0, 2.0, 3.0]
+    spacing: list[PositiveFloat] | None = [2.0, 2.0, 3.0]
     hu_window: list[float] = [-300.0, 400.0]
     #: ``hu_window``: CT in HU through the fixed window; ``percentile``: every image's own 0.5 and
     #: 99.5 percentiles onto [-1, 1] (a contrast-agnostic segmenter: MR of any contrast, or CT)
     intensity: Literal["hu_window", "percentile"] = "hu_window"
-    patch_size: list[int] = [64, 64, 32]
-    batch_size: int = 2
+    patch_size: list[PositiveInt] = [64, 64, 32]
+    batch_size: PositiveInt = 2
     foreground_fraction: float = 0.8
     val_cases: int = 0
     #: share of training patches drawn from the real cases (``--images``) when synthetic cases
@@ -111,14 +111,14 @@ class SynthConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    steps: int = 2000
-    lr: float = 2e-3
+    steps: PositiveInt = 2000
+    lr: PositiveFloat = 2e-3
     weight_decay: float = 1e-5
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    log_every: int = 20
-    validate_every: int = 250
-    checkpoint_every: int = 250
+    log_every: PositiveInt = 20
+    validate_every: PositiveInt = 250
+    checkpoint_every: PositiveInt = 250
     init_from: str | None = Field(None, description=(
         "a medgen segmenter (run folder, bundle folder or MLflow URI) whose weights start the training: "
         "fine-tuning, e.g. pre-train on synthetic volumes and fine-tune on the few real ones; "
@@ -127,7 +127,7 @@ class TrainConfig(StrictModel):
 
 class ExportConfig(StrictModel):
     registered_name: str = "medgen-segmenter"
-    overlap: float = 0.25
+    overlap: Overlap = 0.25
 
 
 class SegmenterConfig(StrictModel):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from medgen.config import StrictModel
+from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.data.sampling import VolumeSampler
 from medgen.objectives.cyclegan import CycleGANObjective, segment_probabilities
 from medgen.objectives.structure import build_structure_loss
@@ -97,7 +97,7 @@ class ModelConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    patch_size: list[int] = Field(default_factory=lambda: [128, 128])
+    patch_size: list[PositiveInt] = Field(default_factory=lambda: [128, 128])
     batch_size: int = Field(2, ge=1)
     foreground_prob: float = Field(0.9, ge=0, le=1)
     intensity_balance: float = Field(0.0, ge=0, le=1, description=(
@@ -170,14 +170,14 @@ class SynthConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     steps: int = Field(2000, ge=1)
-    lr: float = 2e-4
+    lr: PositiveFloat = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     decay_from: float = Field(0.5, ge=0, le=1, description="fraction of steps after which the LR decays linearly to 0")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    checkpoint_every: int = 200
-    validate_every: int = 200
-    log_every: int = 20
+    checkpoint_every: PositiveInt = 200
+    validate_every: PositiveInt = 200
+    log_every: PositiveInt = 20
     val_samples: int = 8
     ema_decay: float | None = Field(None, gt=0, lt=1, description=(
         "export and validate an exponential moving average of G's weights (e.g. 0.999); null: G's last weights"))
@@ -187,8 +187,8 @@ class InferenceConfig(StrictModel):
     batch_slices: int = Field(8, ge=1, description="2D: slices per forward pass (memory bound)")
     stack_blend: Literal["centre", "mean"] = "mean"
     mask_background: bool = True
-    window_size: list[int] | None = None
-    overlap: float = 0.5
+    window_size: list[PositiveInt] | None = None
+    overlap: Overlap = 0.5
 
 
 class TranslatorConfig(StrictModel):
