@@ -64,6 +64,10 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, int, 
     if reindexed is not None:  # same lattice, axes permuted/flipped: exact and fast, any order
         return Volume(reindexed, np.asarray(affine, np.float64).copy(), volume.source, volume.series_uid,
                       dict(volume.meta))
+    separable = _separable(volume.array, matrix, tuple(int(s) for s in shape), order, cval)
+    if separable is not None:  # axis-aligned grids (the common case): same values, several times faster
+        return Volume(separable.astype(volume.array.dtype, copy=False), np.asarray(affine, np.float64).copy(),
+                      volume.source, volume.series_uid, dict(volume.meta))
     kwargs = dict(offset=matrix[:3, 3], output_shape=tuple(int(s) for s in shape), prefilter=False)
     if order == 0:
         out = ndimage.affine_transform(volume.array, matrix[:3, :3], order=0, mode="grid-constant", cval=cval,
@@ -97,6 +101,55 @@ def _reindex(array: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int])
         perm.append(src)
         index.append(slice(start, None if stop + step < 0 else stop + step, step))
     return np.ascontiguousarray(array.transpose(perm)[tuple(index)])
+
+
+def _separable(array: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int], order: int,
+               cval: float) -> np.ndarray | None:
+    """:func:`resample_to_grid` for a diagonal ``matrix`` (target axes parallel to the source's).
+
+    Then trilinear interpolation is a product of three 1D ones and nearest neighbour a pick of
+    whole rows, so the work is done one axis at a time (several times faster than
+    ``ndimage.affine_transform``). Same conventions as that path: coordinates in float64, nearest
+    neighbour rounds ``floor(c + 0.5)``, trilinear clamps at the edges and is computed in float64
+    (slabs of the output at a time, to bound memory) before the cast, target voxels whose rounded
+    coordinate leaves the source get ``cval``. Nearest neighbour is exact; trilinear matches to
+    the last float32 bit in nearly every voxel, and is used only when the target has more voxels
+    than the source (measured: for down-sampling the affine path is as fast). None otherwise.
+    """
+    linear = matrix[:3, :3]
+    if order not in (0, 1) or np.any(linear[~np.eye(3, dtype=bool)] != 0) or np.any(np.diag(linear) == 0):
+        return None
+    if order == 1 and int(np.prod(shape)) <= array.size:
+        return None
+    coords = [matrix[a, a] * np.arange(shape[a], dtype=np.float64) + matrix[a, 3] for a in range(3)]
+    nearest = [np.floor(c + 0.5).astype(np.int64) for c in coords]
+    valid = [(n >= 0) & (n <= array.shape[a] - 1) for a, n in enumerate(nearest)]
+    if order == 0:
+        out = array[np.ix_(*[np.clip(n, 0, array.shape[a] - 1) for a, n in enumerate(nearest)])]
+    else:
+        taps = []
+        for a in range(3):
+            c = np.clip(coords[a], 0, array.shape[a] - 1)
+            lo = np.minimum(np.floor(c).astype(np.int64), array.shape[a] - 1)
+            taps.append((lo, np.minimum(lo + 1, array.shape[a] - 1), c - lo))
+        out = np.empty(shape, np.float32)
+        step = max(1, 2**22 // max(1, shape[1] * shape[2]))  # ~32 MB of float64 per slab
+        for s0 in range(0, shape[0], step):
+            block = array
+            for a in range(3):
+                lo, hi, w = taps[a]
+                if a == 0:
+                    lo, hi, w = lo[s0:s0 + step], hi[s0:s0 + step], w[s0:s0 + step]
+                view = [1, 1, 1]
+                view[a] = -1
+                low = np.take(block, lo, axis=a).astype(np.float64, copy=False)
+                block = low + (np.take(block, hi, axis=a) - low) * w.reshape(view)
+            out[s0:s0 + step] = block
+    if not all(v.all() for v in valid):
+        out = np.array(out, copy=True) if order == 0 else out
+        inside = valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
+        out[~inside] = cval
+    return out
 
 
 def resample_like(volume: Volume, reference: Volume, *, order: int = 1, cval: float | None = None) -> Volume:
