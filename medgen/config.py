@@ -130,6 +130,7 @@ def load_config(ref: str | Path | None, schema: type[T], *, default: str,
         ...     lr: float = 1e-3
         >>> class Cfg(StrictModel):
         ...     train: Train = Train()
+        >>> _ = Cfg.model_rebuild()  # classes made in a doctest: resolve the postponed annotations
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"; _ = p.write_text("train: {lr: 0.1}")
         >>> load_config(p, Cfg, default="x", overrides=["train.lr=0.5"]).train.lr
