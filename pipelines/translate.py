@@ -37,8 +37,16 @@ def translate_file(mr_path: str | Path, out_path: str | Path, model, *, device: 
     """
     from medgen.inference.translate import load_translator, translate_volume
     from medgen.io.atomic import check_output_path
+    from medgen.io.dicomweb import is_dicomweb_url
     from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
+
+    if is_dicomweb_url(str(mr_path)):  # a DICOMweb series: translate a temporary local copy
+        from medgen.io.dicomweb_cases import local_source
+        check_output_path(out_path, overwrite=overwrite)
+        with local_source(str(mr_path)) as local:
+            return translate_file(local, out_path, model, device=device, precision=precision, overwrite=overwrite,
+                                  series_uid=series_uid, mask_background=mask_background)
 
     check_output_path(out_path, overwrite=overwrite, inputs=(mr_path,))  # fail before the work
     translator = load_translator(model)
@@ -78,8 +86,9 @@ class TranslateOptions:
     mask_background: bool | None = None
 
 
-def _translate_case(path: Path, files: list[Path], options: TranslateOptions, *, case_id: str) -> CaseReport:
-    """Batch work function (:mod:`medgen.pipelines.batch`): one scan to ``files[0]``."""
+def _translate_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
+    """Batch work function (:mod:`medgen.pipelines.batch`): one scan (file, folder or DICOMweb URL) to ``files[0]``."""
+    options, path = payload
     start = time.perf_counter()
     out = translate_file(path, files[0], _cached_translator(options.model), device=options.device, precision=options.precision,
                          overwrite=options.overwrite, series_uid=options.series_uid,
@@ -93,7 +102,8 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
     """Translate every scan of ``inputs`` into the folder ``output`` (``<case>_sct.nii.gz``).
 
     Args:
-        inputs: MR files, DICOM series folders, folders of scans or a manifest CSV.
+        inputs: MR files, DICOM series folders, folders of scans, a manifest CSV, or DICOMweb series /
+            study URLs (a study: each of its MR series).
         output: the output folder (created); also receives ``translate_summary.json``.
         options: model and runtime settings shared by all scans.
         workers: parallel worker processes (each holds one scan at a time).
@@ -105,14 +115,14 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         InputError: no scans found. OutputError: ``output`` is an existing file.
         ModelError: the model cannot be loaded (checked once, before any scan).
     """
-    from medgen.data.inputs import collect_inputs
     from medgen.errors import InputError, OutputError
+    from medgen.io.dicomweb_cases import collect_cases
     from medgen.io.outdir import claim_output_dir
 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
-    cases = collect_inputs(inputs)
+    cases = collect_cases(inputs, modality="MR")
     if not cases:
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
     try:
@@ -129,7 +139,7 @@ def _run_translate_jobs(cases, output: Path, options: TranslateOptions, workers:
     for case in cases:
         sct = output / f"{case.case_id}_sct.nii.gz"
         jobs.append(BatchJob(case.case_id, str(case.path), files=[sct], done=[sct], fn=_translate_case,
-                             payload=options, outputs_when_done={"sct": str(sct)}))
+                             payload=(options, str(case.path)), outputs_when_done={"sct": str(sct)}))
     reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="translate")
     write_summary(output / SUMMARY_NAME, reports, seconds=seconds, model=str(options.model))
     return reports

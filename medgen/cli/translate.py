@@ -17,7 +17,8 @@ def register(sub) -> None:
                     "failures are reported in translate_summary.json, finished scans are skipped on rerun, "
                     "the exit code is 1 if any scan failed.")
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="MR",
-                        help="MR file, DICOM series folder, folder of scans or manifest CSV")
+                        help="MR file, DICOM series folder, folder of scans, manifest CSV, or DICOMweb URL "
+                             "http(s)://HOST:PORT/ROOT/studies/UID[/series/UID] (a study: each MR series)")
     parser.add_argument("-o", "--output", required=True, metavar="SCT",
                         help="output file (.nii.gz, .nrrd, .mha) for one scan, or an output folder for many")
     parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="run dir, bundle dir or MLflow URI")

@@ -11,11 +11,12 @@ frame of reference, new series UID).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from medgen.io.dicomweb import DicomWebRef, download_series, is_dicomweb_url, list_series, parse_url, store
 
@@ -77,8 +78,8 @@ def run_on_source(source: str, work: Callable[[Path], object], *, push_seg: bool
     if not is_dicomweb_url(source):
         return work(Path(source))
     ref = parse_url(source)
-    with tempfile.TemporaryDirectory(prefix="medgen-dicomweb-") as tmp:
-        folder = download_series(ref, Path(tmp) / "series")
+    with local_source(source) as folder:
+        tmp = folder.parent
         report = work(folder)
         report.input = source
         pushed: list[str] = []
@@ -90,6 +91,16 @@ def run_on_source(source: str, work: Callable[[Path], object], *, push_seg: bool
             report.outputs["pushed"] = pushed
             report.outputs["pushed_to"] = DicomWebRef(ref.base, ref.study_uid).url
     return report
+
+
+@contextlib.contextmanager
+def local_source(source: str | Path) -> Iterator[Path]:
+    """A local path for ``source``: itself, or a temporary copy of a DICOMweb series (removed after)."""
+    if not is_dicomweb_url(str(source)):
+        yield Path(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="medgen-dicomweb-") as tmp:
+        yield download_series(parse_url(str(source)), Path(tmp) / "series")
 
 
 def sct_series(sct_path: str | Path, source_folder: Path, out_folder: Path) -> Path:
