@@ -58,7 +58,7 @@ class BundleSpec:
         """The network with its weights (rebuilt from the allow-list; weights_only loading)."""
         if self.path is None:
             raise ModelError("bundle has no folder to load weights from")
-        net = build_network(self.network["name"], dict(self.network.get("kwargs", {})))
+        net = build_network(self.network["name"], dict(self.network.get("kwargs", {})), source=str(self.path))
         weights = self.path / "models" / "model.pt"
         if not weights.exists():
             raise ModelError("has no models/model.pt", path=self.path, fix="re-export the model with medgen")
@@ -186,9 +186,13 @@ def load_bundle(folder: str | Path, kind: str | None = None) -> BundleSpec:
         metadata = json.loads((folder / "configs" / "metadata.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"bundle description cannot be read ({exc})", path=folder, fix="re-export the model") from exc
+    if not isinstance(desc, dict):
+        raise ModelError("is not a JSON object", path=desc_path, fix="re-export the model")
     if kind is not None and desc.get("kind") != kind:
         raise ModelError(f"is a {desc.get('kind')} bundle, but a {kind} is needed here", path=folder,
                          fix=f"pass a {kind} model")
+    from medgen.models.schemas import MedgenJson, validate_description
+    validate_description(desc, MedgenJson, desc_path, "medgen.json")  # typed, like a config
     return BundleSpec(kind=desc["kind"], network=desc["network"], preprocess=desc.get("preprocess", {}),
                       label_names={int(k): v for k, v in desc.get("label_names", {}).items()},
                       extra=desc.get("extra", {}), metadata=metadata, path=folder)

@@ -87,21 +87,16 @@ class MedgenJson(StrictModel):
 
     @model_validator(mode="after")
     def _by_kind(self):
-        if self.kind == "segmenter":
-            if "input" not in self.extra:
-                raise ValueError("a segmenter needs extra.input (spacing, intensity scaling, patch size)")
+        """Values the kind's loader uses (their presence is checked by the loader, naming the bundle)."""
+        if self.kind == "segmenter" and "input" in self.extra:
             InputSection.model_validate(self.extra["input"])
-            if not self.label_names:
-                raise ValueError("a segmenter needs label_names (id: name)")
-        if self.kind == "translator":
-            missing = [k for k in ("spatial_dims", "context", "ct_window") if k not in self.extra]
-            if missing:
-                raise ValueError(f"a translator needs extra.{', extra.'.join(missing)}")
+        if self.kind == "translator" and "ct_window" in self.extra:
             window = self.extra["ct_window"]
             if not (isinstance(window, (list, tuple)) and len(window) >= 2
                     and all(isinstance(w, (int, float)) and math.isfinite(w) for w in window)):
                 raise ValueError(f"extra.ct_window must be a list of HU values, got {window!r}")
             _check_range(float(window[0]), float(window[-1]), "extra.ct_window")
+        if self.kind == "translator":
             inference = self.extra.get("inference") or {}
             if "overlap" in inference and not 0 <= float(inference["overlap"]) < 1:
                 raise ValueError(f"extra.inference.overlap must be in [0, 1), got {inference['overlap']}")

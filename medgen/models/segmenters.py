@@ -227,7 +227,7 @@ def load_medgen_segmenter(ref: str | Path) -> NetworkSegmenter:
     folder = resolve_model(ref)
     spec = load_bundle(folder, kind="segmenter")
     net = spec.build()
-    if "input" not in spec.extra:
+    if "input" not in spec.extra:  # (load_bundle validated medgen.json, extra.input included)
         raise ModelError("segmenter bundle has no 'input' description (spacing, intensity scaling)", path=folder,
                          fix="re-export it with medgen train segmenter")
     return NetworkSegmenter(net, InputSpec.from_dict(spec.extra["input"]), spec.label_names, source=str(folder),
@@ -264,13 +264,19 @@ def _read_structured(path: Path) -> dict:
 
 
 def spec_from_sidecar(data: Mapping, path: Path | str) -> tuple[InputSpec, dict[int, str]]:
-    """InputSpec and label names from a sidecar mapping (see :func:`load_torchscript`)."""
+    """InputSpec and label names from a sidecar mapping (see :func:`load_torchscript`).
+
+    Validated first by the typed schema :class:`medgen.models.schemas.Sidecar` (spacing > 0, a
+    non-empty HU window, 0 <= overlap < 1, ...): one ModelError line naming the sidecar.
+    """
+    from medgen.models.schemas import Sidecar, validate_description
     unknown = set(data) - SIDECAR_KEYS
     if unknown:
         raise ModelError(f"unknown sidecar keys {sorted(unknown)}", path=path, fix=f"valid keys: {sorted(SIDECAR_KEYS)}")
     if "label_names" not in data or not isinstance(data["label_names"], Mapping):
         raise ModelError("sidecar has no label_names mapping (id: name)", path=path,
                          fix="add e.g. label_names: {0: background, 1: liver}")
+    validate_description(data, Sidecar, path, "sidecar")
     fields: dict = {}
     if data.get("spacing") is not None:
         fields["spacing"] = data["spacing"]
