@@ -42,6 +42,30 @@ def sample_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def sample_path(sample_data):
+    """``sample_path("mridir_phantom", "mr_t2_dicom_subset")``: that file or folder of the sample data.
+
+    The test skips, naming the missing sample, when that one is absent: a partial copy of the
+    sample data runs the tests whose samples it holds.
+    """
+    def find(*parts: str) -> Path:
+        path = sample_data.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"sample {'/'.join(parts)} not found in {sample_data}")
+        return path
+    return find
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Every test that reads the real sample data carries ``real_data`` (``-m "not real_data"``)."""
+    for item in items:
+        if {"sample_data", "sample_path"} & set(getattr(item, "fixturenames", ())) \
+                and item.get_closest_marker("real_data") is None:
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(monkeypatch):
     """Never let a test write to a developer's real tracking server, nor leak MLflow state.

@@ -85,8 +85,9 @@ def test_seg_writer_refuses_bad_requests(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dcm", "series"]
 
 
-def test_seg_round_trip_on_real_mr_series(sample_data, tmp_path):
-    series_folder = sample_data / "mridir_phantom" / "mr_t2_dicom_subset"
+@pytest.mark.real_data
+def test_seg_round_trip_on_real_mr_series(sample_path, tmp_path):
+    series_folder = sample_path("mridir_phantom", "mr_t2_dicom_subset")
     series = read_volume(series_folder)
     label = np.zeros(series.shape, np.uint8)
     label[100:180, 300:420, 2:9] = 1  # asymmetric blocks
@@ -100,8 +101,9 @@ def test_seg_round_trip_on_real_mr_series(sample_data, tmp_path):
     np.testing.assert_array_equal(resample_like(seg, mask, order=0).array, mask.array)
 
 
-def test_read_dcmqi_liver_seg_matches_its_nrrd(sample_data):
-    folder = sample_data / "dcmqi_ct_seg"
+@pytest.mark.real_data
+def test_read_dcmqi_liver_seg_matches_its_nrrd(sample_path):
+    folder = sample_path("dcmqi_ct_seg")
     seg, names = read_dicom_seg(folder / "liver.dcm", folder / "ct-3slice")
     assert names == {1: "Liver"}
     ct = read_volume(folder / "ct-3slice")

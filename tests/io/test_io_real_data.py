@@ -13,6 +13,8 @@ import pytest
 from medgen.io import read_volume
 from medgen.io.geometry import reorient, resample_like
 
+pytestmark = pytest.mark.real_data
+
 
 def _same_lattice(a, b) -> bool:
     """True when two volumes' voxel centres coincide (same grid up to a permutation/flip of axes)."""
@@ -22,8 +24,8 @@ def _same_lattice(a, b) -> bool:
             and sorted(a.shape) == sorted(b.shape))
 
 
-def test_totalsegmentator_dicom_matches_its_label_map_in_world_coordinates(sample_data):
-    folder = sample_data / "totalsegmentator"
+def test_totalsegmentator_dicom_matches_its_label_map_in_world_coordinates(sample_path):
+    folder = sample_path("totalsegmentator")
     ct = read_volume(folder / "example_ct_dicom")
     labels = read_volume(folder / "example_seg_dicom.nii.gz", kind="label")
     assert ct.shape == (512, 512, 20) and ct.meta["modality"] == "CT"
@@ -46,19 +48,19 @@ def test_totalsegmentator_dicom_matches_its_label_map_in_world_coordinates(sampl
     assert float(ct_on_labels.array[labels.array == ids["liver"]].mean()) == pytest.approx(float(liver.mean()), abs=1e-3)
 
 
-def test_dicom_seg_refuses_a_series_anonymised_without_uids(sample_data, tmp_path):
+def test_dicom_seg_refuses_a_series_anonymised_without_uids(sample_path, tmp_path):
     from medgen.errors import InputError
     from medgen.io.dicom_seg import write_dicom_seg
 
-    folder = sample_data / "totalsegmentator"
+    folder = sample_path("totalsegmentator")
     labels = read_volume(folder / "example_seg_dicom.nii.gz", kind="label")
     with pytest.raises(InputError, match="SeriesInstanceUID") as info:
         write_dicom_seg(labels, folder / "example_ct_dicom", tmp_path / "seg.dcm", {5: "liver"})
     assert "Fix:" in str(info.value) and not (tmp_path / "seg.dcm").exists()
 
 
-def test_mridir_mr_dicom_subset(sample_data):
-    folder = sample_data / "mridir_phantom" / "mr_t2_dicom_subset"
+def test_mridir_mr_dicom_subset(sample_path):
+    folder = sample_path("mridir_phantom", "mr_t2_dicom_subset")
     mr = read_volume(folder)
     assert mr.shape == (512, 512, 24)
     assert mr.spacing == pytest.approx((0.5, 0.5, 2.5), abs=1e-4)
@@ -75,8 +77,8 @@ def test_mridir_mr_dicom_subset(sample_data):
     np.testing.assert_array_equal(reorient(ras, mr.orientation).array, mr.array)
 
 
-def test_dcmqi_nrrd_label_maps_read_on_the_ct_grid(sample_data):
-    folder = sample_data / "dcmqi_ct_seg"
+def test_dcmqi_nrrd_label_maps_read_on_the_ct_grid(sample_path):
+    folder = sample_path("dcmqi_ct_seg")
     ct = read_volume(folder / "ct-3slice")
     assert ct.shape == (512, 512, 3)
     expected = {"liver_seg": {0, 1}, "spine_seg": {0, 2}, "heart_seg": {0, 3}, "liver_spine_seg": {0, 1, 2}}

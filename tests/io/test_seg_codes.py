@@ -32,6 +32,7 @@ def test_every_phantom_label_is_coded():
 
 
 @pytest.mark.real_data
+@pytest.mark.real_data
 def test_totalsegmentator_class_maps_are_nearly_all_coded(sample_data):
     path = sample_data / "totalsegmentator" / "class_map_total_and_total_mr.json"
     if not path.exists():

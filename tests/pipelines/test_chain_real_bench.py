@@ -45,7 +45,10 @@ def test_label_stats_and_plausibility_use_ras_world_coordinates():
 
 
 @pytest.mark.slow
-def test_chain_real_bench_tiny_run_and_resume(tmp_path, sample_data):
+@pytest.mark.real_data
+def test_chain_real_bench_tiny_run_and_resume(tmp_path, sample_data, sample_path):
+    sample_path("totalsegmentator")  # both samples the bench reads; skips naming a missing one
+    sample_path("mridir_phantom", "mr_t2_dicom_subset")
     bench = _bench()
     out = tmp_path / "run"
     first = bench.run(out, sample_data, seg_steps=2, tr_steps=2, device="cpu", mlflow=False)

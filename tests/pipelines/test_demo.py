@@ -156,6 +156,7 @@ def test_demo_configs_are_valid():
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_real_mr_stage_writes_mask_on_the_mr_grid(demo_dir, sample_data, tmp_path):
     """``--sample-data``: the phantom-trained chain runs on the real MR; the mask lands on its grid."""
     import numpy as np

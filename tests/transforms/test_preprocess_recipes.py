@@ -219,8 +219,8 @@ def test_piecewise_ct_window_is_recorded_and_inverted_exactly(phantom):
 
 
 @pytest.mark.real_data
-def test_real_ct_round_trip_restores_hu_and_labels(sample_data):
-    folder = sample_data / "totalsegmentator"
+def test_real_ct_round_trip_restores_hu_and_labels(sample_path):
+    folder = sample_path("totalsegmentator")
     ct = read_volume(folder / "example_ct.nii.gz")
     labels = read_volume(folder / "example_seg_fast_force_split.nii.gz", kind="label")
     result = preprocess(ct, load_preprocess_config(None, "ct"), labels)  # 3 mm -> 2 x 2 x 3 mm
@@ -242,8 +242,8 @@ def test_real_ct_round_trip_restores_hu_and_labels(sample_data):
 
 
 @pytest.mark.real_data
-def test_real_lps_mr_goes_back_onto_its_own_grid(sample_data):
-    mr = read_volume(sample_data / "totalsegmentator" / "example_mr_sm.nii.gz")
+def test_real_lps_mr_goes_back_onto_its_own_grid(sample_path):
+    mr = read_volume(sample_path("totalsegmentator", "example_mr_sm.nii.gz"))
     assert mr.orientation == "LPS"
     result = preprocess(mr, load_preprocess_config(None, "mr"))
     assert result.image.orientation == "RAS" and result.image.array.min() == -1 and result.image.array.max() == 1
@@ -266,9 +266,9 @@ def test_downsampling_is_antialiased_and_upsampling_is_not_smoothed():
 
 
 @pytest.mark.real_data
-def test_real_dicom_series_folder_through_the_batch_pipeline(sample_data, tmp_path):
+def test_real_dicom_series_folder_through_the_batch_pipeline(sample_path, tmp_path):
     from medgen.pipelines.preprocess import run_preprocess
-    folder = sample_data / "totalsegmentator" / "example_ct_dicom"
+    folder = sample_path("totalsegmentator", "example_ct_dicom")
     summary = run_preprocess([folder], tmp_path / "out", modality="ct", mlflow=False)
     assert summary.done == ["example_ct_dicom"], summary.failed
     record = json.loads((tmp_path / "out" / "example_ct_dicom.json").read_text())
@@ -280,9 +280,9 @@ def test_real_dicom_series_folder_through_the_batch_pipeline(sample_data, tmp_pa
     source = read_volume(folder)
     assert back.same_grid(source, atol=1e-4)
     # the liver label mapped through world coordinates sits on liver-like HU in the round-tripped CT
-    seg = read_volume(sample_data / "totalsegmentator" / "example_seg_dicom.nii.gz", kind="label")
+    seg = read_volume(sample_path("totalsegmentator", "example_seg_dicom.nii.gz"), kind="label")
     from medgen.io.geometry import resample_like
-    names = json.loads((sample_data / "totalsegmentator" / "class_map_total_and_total_mr.json").read_text())["total"]
+    names = json.loads(sample_path("totalsegmentator", "class_map_total_and_total_mr.json").read_text())["total"]
     liver_id = int(next(k for k, v in names.items() if v == "liver"))
     liver = resample_like(seg, back, order=0).array == liver_id
     assert liver.sum() > 1000 and 50 < float(back.array[liver].mean()) < 130  # about 89 HU (README oracle)
