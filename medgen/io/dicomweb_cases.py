@@ -76,6 +76,9 @@ def run_on_source(source: str, work: Callable[[Path], object], *, push_seg: bool
     ``outputs["pushed"]`` lists what was stored (SOPInstanceUIDs).
     """
     if not is_dicomweb_url(source):
+        if push_seg or push_sct:
+            log.warning("%s: not a DICOMweb series; --push-seg has nowhere to store its results (kept locally)",
+                        source)
         return work(Path(source))
     ref = parse_url(source)
     with local_source(source) as folder:
