@@ -25,10 +25,39 @@ from medgen.io.volume import Volume
 log = logging.getLogger(__name__)
 
 
+def world_box(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The world (RAS mm) bounding box of a volume's voxels, corners included: (lower, upper)."""
+    shape = np.array(volume.shape, float)
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def check_world_overlap(pred: Volume, ref: Volume) -> None:
+    """Refuse a prediction and reference whose volumes do not overlap in world space (Dice would be 0).
+
+    Raises:
+        InputError: naming both boxes and the likely causes.
+    """
+    (plo, phi), (rlo, rhi) = world_box(pred), world_box(ref)
+    if np.all(np.minimum(phi, rhi) > np.maximum(plo, rlo)):
+        return
+
+    def box(lo, hi):
+        return " x ".join(f"{round(a):d}..{round(b):d}" for a, b in zip(lo, hi))
+
+    raise InputError(f"does not overlap the reference {ref.name} in world space (prediction spans {box(plo, phi)} mm, "
+                     f"reference {box(rlo, rhi)} mm RAS): every score would be 0", path=pred.name,
+                     fix="compare a prediction with the reference of the same scan, or repair the header "
+                         "(origin, orientation) of the one that is off")
+
+
 def _on_grid(pred: Volume, ref: Volume, *, order: int) -> tuple[Volume, bool]:
     from medgen.io.geometry import resample_like
     if pred.same_grid(ref):
         return pred, False
+    check_world_overlap(pred, ref)
     log.info("resampling the prediction (%s, %s) onto the reference grid (%s, %s)", pred.shape, pred.orientation,
              ref.shape, ref.orientation)
     return resample_like(pred, ref, order=order, cval=0.0 if order == 0 else None), True
@@ -61,6 +90,7 @@ def evaluate_segmentation(pred_path, ref_path, *, pred_labels=None, ref_labels=N
     from medgen.metrics.segmentation import match_names, per_label_scores
     pred = read_volume(pred_path, kind="label")
     ref = read_volume(ref_path, kind="label")
+    check_world_overlap(pred, ref)
     pred_names = load_label_names(pred_labels, pred_path)
     ref_names = load_label_names(ref_labels, ref_path)
     if ref_names is None and pred_names is None:

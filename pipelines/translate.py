@@ -98,7 +98,7 @@ def _translate_case(path: Path, files: list[Path], payload, *, case_id: str) -> 
 
 
 def translate_batch(inputs: list[str | Path], output: str | Path, options: TranslateOptions, *,
-                    workers: int = 1) -> list[CaseReport]:
+                    workers: int = 1, executor: str | None = "local") -> list[CaseReport]:
     """Translate every scan of ``inputs`` into the folder ``output`` (``<case>_sct.nii.gz``).
 
     Args:
@@ -107,6 +107,7 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         output: the output folder (created); also receives ``translate_summary.json``.
         options: model and runtime settings shared by all scans.
         workers: parallel worker processes (each holds one scan at a time).
+        executor: ``local`` or ``dask://HOST:PORT`` (:mod:`medgen.pipelines.executor`).
 
     Returns:
         One report per scan: ``ok``, ``skipped`` (output already there) or ``failed`` (with the error).
@@ -117,9 +118,10 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
     """
     from medgen.errors import InputError, OutputError
     from medgen.io.dicomweb_cases import collect_cases
-    from medgen.io.outdir import claim_output_dir
+    from medgen.io.outdir import check_folder_name, claim_output_dir
 
     output = Path(output)
+    check_folder_name(output)  # -o out/sct.txt meant a file: say so before loading anything
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", path=output, fix="give a folder (or a .nii.gz for one scan)")
     cases = collect_cases(inputs, modality="MR")
@@ -140,6 +142,7 @@ def _run_translate_jobs(cases, output: Path, options: TranslateOptions, workers:
         sct = output / f"{case.case_id}_sct.nii.gz"
         jobs.append(BatchJob(case.case_id, str(case.path), files=[sct], done=[sct], fn=_translate_case,
                              payload=(options, str(case.path)), outputs_when_done={"sct": str(sct)}))
-    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="translate")
+    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="translate",
+                                 executor=executor)
     write_summary(output / SUMMARY_NAME, reports, seconds=seconds, model=str(options.model))
     return reports

@@ -3,7 +3,8 @@
 Every batch command (``preprocess``, ``translate`` and ``segment-mr`` into a folder) writes through
 :func:`claim_output_dir`, which, before any work:
 
-* refuses an output folder that is, or lies inside, an input folder (a rerun would collect the
+* refuses a new output folder named like a file (``-o out/sct.txt``), and one that is, or lies
+  inside, an input folder (a rerun would collect the
   outputs as inputs, and outputs would sit among the user's scans);
 * takes an exclusive lock on the folder (``OUT_DIR/.medgen.lock``, the ``filelock`` package; the
   operating system releases it when the process dies, even after ``kill -9``). A second run into
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -50,6 +52,20 @@ def check_outside_inputs(out_dir: str | Path, inputs: Iterable[str | Path]) -> N
             where = "is the input folder" if out == folder else f"is inside the input folder {folder}"
             raise OutputError(f"{where}; outputs would mix with (and be read back as) inputs", path=out_dir,
                               fix="choose an output folder outside the input folders")
+
+
+def check_folder_name(out_dir: str | Path) -> None:
+    """Refuse a new output *folder* named like a file (``out/sct.txt``): the user meant a file.
+
+    Raises:
+        OutputError: the path does not exist yet and ends in a file extension (letters only).
+    """
+    path = Path(out_dir)
+    if not path.exists() and re.fullmatch(r"\.[A-Za-z]{1,5}", path.suffix or ""):
+        from medgen.io.readers import VOLUME_SUFFIXES
+        raise OutputError(f"ends in '{path.suffix}', a file extension, but a batch writes a folder here", path=path,
+                          fix=f"give a volume file ({', '.join(VOLUME_SUFFIXES)}) for one scan, or a folder name "
+                              "without an extension for many")
 
 
 def _lock_timeout() -> float:
@@ -88,6 +104,7 @@ def claim_output_dir(out_dir: str | Path, *, inputs: Iterable[str | Path] = (), 
     """
     from filelock import FileLock, Timeout
 
+    check_folder_name(out_dir)
     check_outside_inputs(out_dir, inputs)
     folder = ensure_writable_dir(out_dir, min_free_bytes=min_free_bytes)
     lock = FileLock(str(folder / LOCK_NAME))

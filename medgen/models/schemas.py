@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel, validate
 from medgen.errors import ConfigError, ModelError
@@ -89,7 +89,12 @@ class MedgenJson(StrictModel):
     def _by_kind(self):
         """Values the kind's loader uses (their presence is checked by the loader, naming the bundle)."""
         if self.kind == "segmenter" and "input" in self.extra:
-            InputSection.model_validate(self.extra["input"])
+            try:
+                InputSection.model_validate(self.extra["input"])
+            except ValidationError as exc:  # say where inside medgen.json
+                err = exc.errors()[0]
+                where = ".".join(["extra", "input", *(str(p) for p in err["loc"])])
+                raise ValueError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
         if self.kind == "translator" and "ct_window" in self.extra:
             window = self.extra["ct_window"]
             if not (isinstance(window, (list, tuple)) and len(window) >= 2
