@@ -4,7 +4,8 @@ Hospital scans live in a PACS, not in folders. medgen names a series by its DICO
 
     http(s)://HOST:PORT/<dicomweb root>/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}
 
-and a whole study by ``.../studies/{StudyInstanceUID}`` (a batch: its series of one modality).
+a whole study by ``.../studies/{StudyInstanceUID}`` (a batch: its series of one modality) and a
+QIDO-RS query by ``.../series?Modality=MR&PatientID=...`` (a batch: every series it finds).
 A series is pulled into a local folder (one ``<SOPInstanceUID>.dcm`` per instance) so the rest of
 medgen reads it like any DICOM folder; results (DICOM SEG, synthetic CT series) are stored back
 with STOW-RS.
@@ -142,6 +143,40 @@ def list_series(ref: DicomWebRef, modality: str | None = None) -> list[DicomWebR
     series = [ref.series(str(_value(item, "0020000E"))) for item in found
               if _value(item, "0020000E") and (not modality or _value(item, "00080060") == modality)]
     return sorted(series, key=lambda r: r.series_uid)
+
+
+_QUERY = re.compile(r"^(?P<base>https?://[^/?#]+(?:/[^?#]*?)?)/series\?(?P<query>[^#]*)$")
+
+
+def is_query_url(text: str) -> bool:
+    """True for a QIDO-RS series query URL: ``.../series?Modality=MR&PatientID=...``."""
+    return bool(_QUERY.match(str(text)))
+
+
+def query_series(text: str, modality: str | None = None) -> list[DicomWebRef]:
+    """The series a QIDO-RS query URL ``<root>/series?KEY=VALUE&...`` finds (``modality`` added when the
+    query does not name one), each as a series ref.
+
+    Raises:
+        InputError: a malformed query, credentials in the URL, or the server's refusal.
+    """
+    from urllib.parse import parse_qsl
+    parts = urlsplit(text)
+    if parts.username or parts.password:
+        raise InputError("has credentials in the URL; medgen never takes them on the command line",
+                         path=f"{parts.scheme}://{parts.hostname}{parts.path}", fix=CREDENTIALS_FIX)
+    match = _QUERY.match(text)
+    if not match:
+        raise InputError("is not a DICOMweb series query", path=text,
+                         fix="use http(s)://HOST:PORT/<dicomweb root>/series?Modality=MR&PatientID=...")
+    base, filters = match.group("base").rstrip("/"), dict(parse_qsl(match.group("query")))
+    if modality and "Modality" not in filters and "00080060" not in filters:
+        filters["Modality"] = modality
+    found = _call("querying series", text,
+                  lambda: client(base).search_for_series(search_filters=filters, get_remaining=True))
+    refs = [DicomWebRef(base, str(_value(item, "0020000D")), str(_value(item, "0020000E"))) for item in found
+            if _value(item, "0020000D") and _value(item, "0020000E")]
+    return sorted(refs, key=lambda r: (r.study_uid, r.series_uid))
 
 
 def download_series(ref: DicomWebRef, folder: str | Path) -> Path:

@@ -1,8 +1,8 @@
 """DICOMweb series as cases of the per-case commands (``segment``, ``segment-mr``).
 
 :func:`collect_cases` expands command-line inputs where some are DICOMweb URLs: a series URL is
-one case, a study URL is one case per series of the command's modality (``MR`` for
-``segment-mr``); everything else goes through :func:`medgen.data.inputs.collect_inputs`.
+one case, a study URL or a QIDO-RS query (``<root>/series?PatientID=...``) is one case per series of
+the command's modality (``MR`` for ``segment-mr``) found; everything else goes through :func:`medgen.data.inputs.collect_inputs`.
 :func:`run_on_source` runs a case's work on a local path, or on a temporary local copy of a
 DICOMweb series (removed afterwards), and then pushes the results back to the same study:
 the DICOM SEG as it is, the synthetic CT as a new CT series of the study (same patient, study and
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from medgen.io.dicomweb import DicomWebRef, download_series, is_dicomweb_url, list_series, parse_url, store
+from medgen.io.dicomweb import (DicomWebRef, download_series, is_dicomweb_url, is_query_url, list_series,
+                                parse_url, query_series, store)
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,13 @@ def collect_cases(inputs: list, *, modality: str | None) -> list:
     for item in inputs:
         if not is_dicomweb_url(str(item)):
             continue
-        ref = parse_url(str(item))
-        series = [ref] if ref.series_uid else list_series(ref, modality)
+        if is_query_url(str(item)):
+            series = query_series(str(item), modality)
+        else:
+            ref = parse_url(str(item))
+            series = [ref] if ref.series_uid else list_series(ref, modality)
         if not series:
-            raise InputError(f"the study has no {modality or ''} series".replace("  ", " "), path=ref.url,
+            raise InputError(f"no {modality or ''} series found".replace("  ", " "), path=str(item),
                              fix="check the study UID, or pass series URLs")
         for s in series:
             case_id = f"series_{s.series_uid}"

@@ -92,7 +92,8 @@ def test_segment_mr_from_dicomweb_pushes_seg_and_sct_equal_to_the_nifti_outputs(
     assert head.SeriesInstanceUID != src.SeriesInstanceUID
 
 
-def test_segment_study_url_batch_segments_every_mr_series_and_resumes(pacs, credentials, bundle, tmp_path):
+def test_study_url_and_query_batches_segment_every_mr_series_and_resume(pacs, credentials, bundle, mr_series,
+                                                                          tmp_path):
     _, study, series = pacs
     out = tmp_path / "batch"
     args = ["segment", "-q", "-i", study, "--modality", "MR", "-o", str(out), "-m", str(bundle), "--no-mlflow",
@@ -105,6 +106,13 @@ def test_segment_study_url_batch_segments_every_mr_series_and_resumes(pacs, cred
     assert (out / f"{case['case_id']}.nii.gz").exists()
     assert main(args) == 0  # resume: nothing pulled or redone
     assert [c["status"] for c in json.loads((out / "segment_summary.json").read_text())["cases"]] == ["skipped"]
+    # a QIDO-RS query as the batch: every MR series of the patient (the pushed SEG/CT series are not MR)
+    patient = pydicom.dcmread(next(mr_series.glob("*.dcm")), stop_before_pixels=True).PatientID
+    query = f"{credentials.dicomweb}/series?PatientID={patient}"
+    assert main(["segment", "-q", "-i", query, "--modality", "MR", "-o", str(tmp_path / "q"), "-m", str(bundle),
+                 "--no-mlflow", "--device", "cpu", "--precision", "fp32"]) == 0
+    [case] = json.loads((tmp_path / "q" / "segment_summary.json").read_text())["cases"]
+    assert case["status"] == "ok" and case["input"] == series
 
 
 def test_dicomweb_without_or_with_wrong_credentials_is_one_line(pacs, monkeypatch, bundle, tmp_path, capsys):
