@@ -17,7 +17,7 @@ one at a time or in a process pool and gives every command the same guarantees:
 * bounded memory: each worker holds one case at a time;
 * a summary JSON in the output folder (counts, seconds, one entry per case).
 
-The work function must be a module-level function (picklable for the ``spawn`` pool) with the
+The work function must be a module-level function (picklable for the process pool and Dask) with the
 signature ``fn(input_path, files, payload, case_id=...) -> CaseReport``.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import shutil
 import time
 import traceback
@@ -130,52 +129,35 @@ def _run_job(job: BatchJob) -> CaseReport:
         job.marker.unlink(missing_ok=True)
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-
-
-_DIED = ("a worker process died (killed or out of memory) before this case finished; "
-         "rerun the same command to redo it")
-
-
-def _run_pool(todo: list[BatchJob], workers: int, desc: str) -> list[CaseReport]:
-    """Run ``todo`` in ``workers`` spawned processes; a dead worker fails its unfinished cases."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
+def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | None = "local") -> list[CaseReport]:
+    """Run ``todo`` in a local pool or on a Dask cluster (:mod:`medgen.pipelines.executor`);
+    a dead worker fails only its unfinished cases."""
+    from medgen.pipelines.executor import WORKER_DIED, run_tasks
     from medgen.progress import progress
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
     reports: dict[int, CaseReport] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_job, job): i for i, job in enumerate(todo)}
-        bar = progress(total=len(todo), desc=desc, unit="case")
-        try:
-            for future in as_completed(futures):
-                i = futures[future]
-                job = todo[i]
-                try:
-                    reports[i] = future.result()
-                except BrokenProcessPool:  # this and every unfinished case: the pool is gone
-                    log.error("%s: %s", job.case_id, _DIED)
-                    reports[i] = CaseReport(job.case_id, job.input, "failed", error=_DIED)
-                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
-                    reports[i] = CaseReport(job.case_id, job.input, "failed", error=f"{type(exc).__name__}: {exc}")
-                bar.update(1)
-        finally:
-            bar.close()
+    bar = progress(total=len(todo), desc=desc, unit="case")
+    try:
+        for i, report, error in run_tasks(run_job, todo, workers=workers, executor=executor):
+            job = todo[i]
+            # a case that died with its worker keeps its marker: a rerun removes its leftovers and redoes it
+            reports[i] = report if error is None else CaseReport(job.case_id, job.input, "failed", error=error)
+            bar.update(1)
+    finally:
+        bar.close()
     for i, job in enumerate(todo):  # defensive: every case gets a report
         if i not in reports:
-            reports[i] = CaseReport(job.case_id, job.input, "failed", error=_DIED)
+            reports[i] = CaseReport(job.case_id, job.input, "failed", error=WORKER_DIED)
     return [reports[i] for i in range(len(todo))]
 
 
 def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False,
-              desc: str = "batch") -> tuple[list[CaseReport], float]:
-    """Run the cases not already done; returns all reports (skipped ones first) and the seconds spent."""
+              desc: str = "batch", executor: str | None = "local") -> tuple[list[CaseReport], float]:
+    """Run the cases not already done; returns all reports (skipped ones first) and the seconds spent.
+
+    ``executor``: ``local`` (this process, or a pool of ``workers`` processes) or
+    ``dask://HOST:PORT`` (one Dask task per case; see :mod:`medgen.pipelines.executor`).
+    """
     todo, reports = [], []
     for job in jobs:
         job.overwrite = overwrite
@@ -185,12 +167,12 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
             todo.append(job)
     log.info("%d cases: %d to do, %d already done", len(jobs), len(todo), len(reports))
     start = time.perf_counter()
-    if workers <= 1 or len(todo) <= 1:
+    if (executor in (None, "local")) and (workers <= 1 or len(todo) <= 1):
         from medgen.progress import progress
         for job in progress(todo, desc=desc, unit="case"):
             reports.append(run_job(job))
     else:
-        reports += _run_pool(todo, workers, desc)
+        reports += _run_pool(todo, workers, desc, executor)
     return reports, time.perf_counter() - start
 
 

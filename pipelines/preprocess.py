@@ -28,11 +28,9 @@ node, each with its own OUT_DIR; the manifests can be concatenated.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import json
 import logging
-import multiprocessing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,11 +296,6 @@ def _is_done(previous: dict, row: dict, out_dir: Path) -> bool:
     return all(owns(out_dir / name) for name in needed)  # present and still the bytes medgen wrote
 
 
-def _init_worker(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("medgen").setLevel(level)
-
-
 # ----------------------------------------------------------------------------------------------
 # The batch
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +303,7 @@ def _init_worker(level: int) -> None:
 def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality: str | None = None,
                    config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), workers: int = 1,
                    overwrite: bool = False, series_uid: str | None = None, labels: list[str | Path] | None = None,
-                   mlflow: bool = True) -> PreprocessSummary:
+                   mlflow: bool = True, executor: str | None = "local") -> PreprocessSummary:
     """Preprocess every case of ``inputs`` into ``output_dir`` (see the module docstring).
 
     Args:
@@ -325,6 +318,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
         series_uid: the series to read from DICOM folders holding several.
         labels: label-map files/folders, paired with images by case id (:func:`pair_labels`).
         mlflow: log one MLflow run.
+        executor: ``local`` (this process or a pool of ``workers``) or ``dask://HOST:PORT``.
 
     Returns:
         A :class:`PreprocessSummary` (``exit_code`` is 1 when any case failed).
@@ -373,7 +367,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
             bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
             try:
                 last_save = time.monotonic()
-                for row in _run_tasks(tasks, workers):
+                for row in _run_tasks(tasks, workers, executor):
                     skipped = bool(row.pop("_skipped", False))
                     manifest.commit(row)  # journaled at once; the CSV is rewritten every few seconds
                     if time.monotonic() - last_save > SAVE_EVERY_S:
@@ -401,30 +395,14 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     return summary
 
 
-def _run_tasks(tasks: list[dict], workers: int):
-    """Yield result rows as cases finish: in this process, or in a spawn process pool."""
-    workers = max(1, min(int(workers), len(tasks)))
-    if workers == 1:
-        for task in tasks:
-            yield process_case(task)
-        return
-    level = logging.getLogger("medgen").getEffectiveLevel()
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                initargs=(level,)) as pool:
-        futures = {pool.submit(process_case, task): task for task in tasks}
-        try:
-            for future in cf.as_completed(futures):
-                task = futures[future]
-                try:
-                    yield future.result()
-                except Exception as exc:  # e.g. a worker killed by the OOM killer: the pool is broken
-                    yield {"case_id": task["case_id"], "status": "failed", "source_path": task["path"],
-                           "error": f"{task['path']}: a worker process died ({type(exc).__name__}). Fix: rerun the "
-                                    "same command (finished cases are kept); if it recurs use fewer --workers "
-                                    "(memory), and when calling run_preprocess from a script, guard it with "
-                                    "if __name__ == '__main__'", "config_hash": task["config_hash"]}
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
+def _run_tasks(tasks: list[dict], workers: int, executor: str | None = "local"):
+    """Yield result rows as cases finish: in this process, a local pool or on Dask (:mod:`medgen.pipelines.executor`)."""
+    from medgen.pipelines.executor import run_tasks
+    for i, row, error in run_tasks(process_case, tasks, workers=workers, executor=executor):
+        if error is not None:  # e.g. a worker killed by the OOM killer
+            task = tasks[i]
+            row = {"case_id": task["case_id"], "status": "failed", "source_path": task["path"],
+                   "error": f"{task['path']}: {error}. Fix: rerun the same command (finished cases are kept); if it "
+                            "recurs use fewer --workers (memory), and when calling run_preprocess from a script, "
+                            "guard it with if __name__ == '__main__'", "config_hash": task["config_hash"]}
+        yield row

@@ -185,7 +185,8 @@ def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> Ca
 
 
 def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptions, *, save_sct: str | None = None,
-               qc: str | None = None, dicom_seg: str | None = None, workers: int = 1) -> list[CaseReport]:
+               qc: str | None = None, dicom_seg: str | None = None, workers: int = 1,
+               executor: str | None = "local") -> list[CaseReport]:
     """Segment one scan (``output`` a volume file) or a batch (``output`` a folder).
 
     Args:
@@ -196,6 +197,7 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
         save_sct, qc, dicom_seg: output paths for one scan; for a batch any value (e.g. ``auto``)
             turns the output on, named ``<case>_sct.nii.gz``, ``<case>_qc.png``, ``<case>_seg.dcm``.
         workers: parallel worker processes for a batch (each handles one scan at a time).
+        executor: ``local`` or ``dask://HOST:PORT`` for a batch (:mod:`medgen.pipelines.executor`).
 
     Returns:
         One report per scan; ``status`` is ``ok``, ``skipped`` (outputs already there) or ``failed``.
@@ -242,7 +244,8 @@ def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, 
         jobs.append(BatchJob(case.case_id, str(case.path), files=_case_files(outs),
                              done=[outs.mask, outs.labels_json], fn=_segment_case, payload=(outs, options, str(case.path)),
                              outputs_when_done={"mask": str(outs.mask)}))
-    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment-mr")
+    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment-mr",
+                                 executor=executor)
     write_summary(output / "segment_mr_summary.json", reports, seconds=seconds,
                   translator=str(options.translator), segmenter=str(options.segmenter))
     return reports

@@ -16,6 +16,13 @@ def add_training_args(parser, default_config: str) -> None:
     add_device(parser, precision=False)
 
 
+def add_executor(parser) -> None:
+    """``--executor local|dask://HOST:PORT``: where a batch's cases run (:mod:`medgen.pipelines.executor`)."""
+    parser.add_argument("--executor", default="local", metavar="EXECUTOR",
+                        help="local (default: this machine, --workers processes) or dask://HOST:PORT (each case a "
+                             "task on that dask.distributed scheduler; workers must see the same paths)")
+
+
 def finish_batch(reports, output_key: str) -> int:
     """Print each finished case's output path, log a one-line summary of failures; the exit code.
 

@@ -37,6 +37,8 @@ def register(sub) -> None:
                         help="label-map files/folders, paired with images by case id (suffixes such as _seg, "
                              "_labels, _ct are ignored; case7/labels.nii.gz pairs with case7/ct.nii.gz)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="parallel worker processes (one case each)")
+    from medgen.cli.common import add_executor
+    add_executor(parser)
     parser.add_argument("--series-uid", default=None, help="pick one series of DICOM folders holding several")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs not recorded in OUT_DIR/manifest.csv")
@@ -48,12 +50,14 @@ def run(args) -> int:
     from medgen.errors import InputError
     from medgen.pipelines.preprocess import run_preprocess
 
+    from medgen.pipelines.executor import parse_executor
+    parse_executor(args.executor)  # a bad address fails before any work
     if args.workers < 1:
         raise InputError(f"must be at least 1 (got {args.workers})", path="--workers", fix="pass --workers 1 or more")
     summary = run_preprocess(list(args.inputs) + list(args.more_inputs), args.output, modality=args.modality,
                              config=args.config, overrides=args.overrides, workers=args.workers,
                              overwrite=args.overwrite, series_uid=args.series_uid, labels=args.labels,
-                             mlflow=not args.no_mlflow)
+                             mlflow=not args.no_mlflow, executor=args.executor)
     lines = summary.lines()
     (log.error if summary.failed else log.info)("%s", lines[0])
     for line in lines[1:]:

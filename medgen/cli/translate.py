@@ -27,6 +27,8 @@ def register(sub) -> None:
     parser.add_argument("--keep-background", action="store_true",
                         help="do not force voxels outside the MR body mask to air")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    from medgen.cli.common import add_executor
+    add_executor(parser)
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
 
@@ -46,6 +48,6 @@ def run(args) -> int:
         return 0
     options = TranslateOptions(model=args.model, device=args.device, precision=args.precision,
                                overwrite=args.overwrite, series_uid=args.series_uid, mask_background=mask_background)
-    reports = translate_batch(args.input, args.output, options, workers=args.workers)
+    reports = translate_batch(args.input, args.output, options, workers=args.workers, executor=args.executor)
     from medgen.cli.common import finish_batch
     return finish_batch(reports, "sct")
