@@ -14,6 +14,7 @@ unlabelled CTs for the synthesis route.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
     Raises:
         MedgenError: bad inputs or model, or (one volume) the problem with it.
     """
+    from medgen.io.outdir import claim_output_dir
     from medgen.tracking import start_run, write_run_info
 
     output = Path(output)
@@ -147,7 +149,11 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
     try:
         cached_segmenter(options)  # a bad model is one error up front, not one per case
         run_dir = output.parent if single else output
-        with start_run("segment", output_dir=run_dir, enabled=mlflow) as tracker:
+        # a batch folder is claimed like every batch command's (checked, locked, ownership-guarded)
+        claim = contextlib.nullcontext() if single else claim_output_dir(
+            output, inputs=[*map(str, inputs), *(str(c.path) for c in cases)], overwrite=options.overwrite,
+            command="medgen segment", outputs=[SUMMARY_NAME])
+        with claim, start_run("segment", output_dir=run_dir, enabled=mlflow) as tracker:
             tracker.log_params({"segmenter": options.segmenter, "n_inputs": len(cases), "workers": workers,
                                 "device": options.device, "precision": options.precision, "tta": options.flip_tta,
                                 "dicom_seg": bool(dicom_seg)})
