@@ -156,6 +156,9 @@ def check_volume(volume: Volume, *, kind: str = "image") -> Volume:
     a 2D image, NaN/Inf voxels and non-integer label values are errors.
     """
     array = np.asarray(volume.array)
+    if np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise InputError(f"has {array.dtype} voxels, not real numbers", path=volume.name,
+                         fix="export the magnitude (or the real part) as a real-valued volume")
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
