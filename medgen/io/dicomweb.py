@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "MEDGEN_DICOMWEB_TOKEN"
 USER_ENV = "MEDGEN_DICOMWEB_USER"
 PASSWORD_ENV = "MEDGEN_DICOMWEB_PASSWORD"
+RETRY_ATTEMPTS = 3
 CREDENTIALS_FIX = f"set {TOKEN_ENV} (bearer token) or {USER_ENV} and {PASSWORD_ENV} (basic auth) in the environment"
 
 _URL = re.compile(r"^(?P<base>https?://[^/?#]+(?:/[^?#]*?)?)/studies/(?P<study>[0-9.]+)"
@@ -100,7 +101,11 @@ def _session():
 def client(base: str):
     """A ``DICOMwebClient`` for the server root ``base`` with the environment's credentials."""
     from dicomweb_client import DICOMwebClient
-    return DICOMwebClient(base, session=_session(), timeout=(10, 300))
+    web = DICOMwebClient(base, session=_session(), timeout=(10, 300))
+    # a busy PACS (HTTP 429/503/504) or a dropped connection is retried, but briefly: 3 attempts,
+    # 1 s and 2 s apart (the library's default waits ~30 s before reporting an unreachable server)
+    web.set_http_retry_params(max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=500)
+    return web
 
 
 def _call(what: str, url: str, fn: Callable[[], T], *, error=InputError) -> T:
