@@ -85,7 +85,8 @@ def test_too_little_free_space_is_refused_up_front(tmp_path, capsys, monkeypatch
     _cases(tmp_path)
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: Usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     out = tmp_path / "out"
-    assert main(["preprocess", str(tmp_path), "-o", str(out), "--modality", "ct", "--no-mlflow"]) == 2
+    images = [str(p) for p in sorted(tmp_path.glob("*.nii.gz"))]  # (-o inside an input folder is refused)
+    assert main(["preprocess", *images, "-o", str(out), "--modality", "ct", "--no-mlflow"]) == 2
     line = _one_error_line(capsys)
     assert "1 MiB free" in line and "Fix: free disk space" in line
     assert not (out / "manifest.csv").exists() and not list(out.glob("*.nii.gz"))
@@ -111,11 +112,11 @@ def _enospc_for(monkeypatch, predicate) -> None:
 
 
 def test_disk_full_mid_batch_leaves_no_half_written_case(tmp_path, capsys, monkeypatch):
-    _cases(tmp_path)
-    (tmp_path / "labels").rename(tmp_path.parent / f"{tmp_path.name}_labels")  # inputs: images only
+    _cases(tmp_path / "in")
+    (tmp_path / "in" / "labels").rename(tmp_path / "labels")  # inputs: images only
     out = tmp_path / "out"
     _enospc_for(monkeypatch, lambda name: name.startswith("b") and name != "manifest.csv")
-    assert main(["preprocess", str(tmp_path), "-o", str(out), "--modality", "ct", "--no-mlflow", "-q"]) == 1
+    assert main(["preprocess", str(tmp_path / "in"), "-o", str(out), "--modality", "ct", "--no-mlflow", "-q"]) == 1
     err = capsys.readouterr().err
     assert "FAILED b:" in err and "No space left on device" in err and "Fix:" in err
     names = sorted(p.name for p in out.iterdir())
@@ -123,7 +124,7 @@ def test_disk_full_mid_batch_leaves_no_half_written_case(tmp_path, capsys, monke
     assert {"a.nii.gz", "a.json", "c.nii.gz", "c.json", "manifest.csv"} <= set(names)
     assert _no_temp_files(out)
     monkeypatch.undo()  # space freed: the same command finishes b only
-    assert main(["preprocess", str(tmp_path), "-o", str(out), "--modality", "ct", "--no-mlflow", "-q"]) == 0
+    assert main(["preprocess", str(tmp_path / "in"), "-o", str(out), "--modality", "ct", "--no-mlflow", "-q"]) == 0
     assert (out / "b.nii.gz").exists() and (out / "b.json").exists()
 
 
