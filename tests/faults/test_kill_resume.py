@@ -202,4 +202,7 @@ def test_segment_mr_batch_killed_mid_case_reruns_to_completion(tmp_path, one_thr
     for i in range(5):
         for suffix in (".nii.gz", ".labels.json", "_sct.nii.gz", "_qc.png"):
             assert (out / f"scan{i}{suffix}").is_file()
-    assert not [p for p in out.iterdir() if ".tmp" in p.name or p.name.startswith(".")]
+    from medgen.io.outdir import LOCK_NAME
+    from medgen.io.ownership import LEDGER_NAME
+    assert not [p for p in out.iterdir() if ".tmp" in p.name or p.name.startswith(".")
+                and p.name not in (LEDGER_NAME, LOCK_NAME)]  # medgen's ledger and folder lock stay
