@@ -31,19 +31,13 @@ def _nifti(path: Path, array, affine) -> Path:
     return path
 
 
-def _ct_cases(folder: Path, n: int = 2) -> list[Path]:
+def _cases(folder: Path, n: int = 2, *, modality: str = "ct") -> list[Path]:
+    """``c0.nii.gz``... (CT) or ``scan0.nii.gz``... (MR) phantoms in ``folder``."""
     paths = []
     for i in range(n):
-        p = make_phantom(30 + i, shape=SHAPE, spacing=(4.0, 4.0, 6.0))
-        paths.append(_nifti(folder / f"c{i}.nii.gz", p.ct, p.affine))
-    return paths
-
-
-def _mr_cases(folder: Path, n: int = 2) -> list[Path]:
-    paths = []
-    for i in range(n):
-        p = make_phantom(40 + i, shape=SHAPE, spacing=(4.0, 4.0, 6.0))
-        paths.append(_nifti(folder / f"scan{i}.nii.gz", p.mr, p.affine))
+        p = make_phantom((30 if modality == "ct" else 40) + i, shape=SHAPE, spacing=(4.0, 4.0, 6.0))
+        name = f"c{i}" if modality == "ct" else f"scan{i}"
+        paths.append(_nifti(folder / f"{name}.nii.gz", p.ct if modality == "ct" else p.mr, p.affine))
     return paths
 
 
@@ -77,7 +71,7 @@ def _oracle(folder: Path) -> Path:
 def test_issue_reproduction_a_failed_case_never_deletes_the_users_file(tmp_path, capsys):
     """``head -c 20000 some.nii.gz > in/b.nii.gz; echo notes > out/b.json``; preprocess twice."""
     inputs, out = tmp_path / "in", tmp_path / "out"
-    good = _ct_cases(inputs, n=1)[0]
+    good = _cases(inputs, n=1)[0]
     (inputs / "b.nii.gz").write_bytes(good.read_bytes()[:2000])
     out.mkdir()
     (out / "b.json").write_text("notes\n")
@@ -99,7 +93,7 @@ def test_issue_reproduction_a_failed_case_never_deletes_the_users_file(tmp_path,
 
 def test_output_folder_equal_to_or_inside_an_input_folder_is_refused(tmp_path, capsys):
     inputs = tmp_path / "scans"
-    _ct_cases(inputs, n=1)
+    _cases(inputs, n=1)
     user = _snapshot(inputs.iterdir())
     for out in (inputs, inputs / "prep"):
         assert main(["preprocess", str(inputs), "-o", str(out), *PREP]) == 2
@@ -112,7 +106,7 @@ def test_output_folder_equal_to_or_inside_an_input_folder_is_refused(tmp_path, c
 
 def test_hidden_and_temp_files_are_never_inputs_and_stale_temps_are_cleaned(tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
-    good = _ct_cases(inputs, n=1)[0]
+    good = _cases(inputs, n=1)[0]
     (inputs / ".c0.nii.gz.k3j9x0qa.tmp.nii.gz").write_bytes(good.read_bytes()[:500])  # a torn write of kill -9
     (inputs / ".hidden.nii.gz").write_bytes(good.read_bytes())
     out.mkdir()
@@ -133,7 +127,7 @@ def test_hidden_and_temp_files_are_never_inputs_and_stale_temps_are_cleaned(tmp_
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_honour_the_umask(tmp_path, umask):
     inputs, out = tmp_path / "in", tmp_path / "out"
-    _ct_cases(inputs, n=1)
+    _cases(inputs, n=1)
     old = os.umask(umask)
     try:
         assert main(["preprocess", str(inputs), "-o", str(out), *PREP]) == 0
@@ -146,7 +140,7 @@ def test_outputs_honour_the_umask(tmp_path, umask):
 def test_acceptance_preprocess_and_segment_mr_twice_never_touch_user_files(tmp_path, one_thread):
     # --- preprocess: user files named like every output of c0, and the input folder as output
     ct_in, prep = tmp_path / "ct", tmp_path / "prep"
-    _ct_cases(ct_in, n=2)
+    _cases(ct_in, n=2)
     prep.mkdir()
     for name in ("c0.nii.gz", "c0_mask.nii.gz", "c0.json"):
         (prep / name).write_bytes(b"user's own " + name.encode())
@@ -161,7 +155,7 @@ def test_acceptance_preprocess_and_segment_mr_twice_never_touch_user_files(tmp_p
 
     # --- segment-mr batch: user files named like scan0's mask, labels JSON and summary
     mr_in, masks = tmp_path / "mr", tmp_path / "masks"
-    _mr_cases(mr_in, n=2)
+    _cases(mr_in, n=2, modality="mr")
     model = _oracle(tmp_path / "model")
     masks.mkdir()
     for name in ("scan0.nii.gz", "scan0.labels.json"):
