@@ -131,12 +131,13 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         _cached_translator(options.model)  # a bad model is one error up front, not one per scan
         with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
                               command="medgen translate", outputs=(SUMMARY_NAME,)):
-            return _run_translate_jobs(cases, output, options, workers)
+            return _run_translate_jobs(cases, output, options, workers, executor)
     finally:
         _MODELS.clear()  # the next batch in this process reloads (the bundle may have changed)
 
 
-def _run_translate_jobs(cases, output: Path, options: TranslateOptions, workers: int) -> list[CaseReport]:
+def _run_translate_jobs(cases, output: Path, options: TranslateOptions, workers: int,
+                        executor: str | None = "local") -> list[CaseReport]:
     jobs = []
     for case in cases:
         sct = output / f"{case.case_id}_sct.nii.gz"
