@@ -83,7 +83,8 @@ class SynthPairSampler(VolumeSampler):
     def __init__(self, volumes: Sequence[np.ndarray], classes: Sequence[np.ndarray],
                  masks: Sequence[np.ndarray] | None = None, *, spacing: Sequence[float],
                  render: RenderConfig | None = None, dark_classes: Sequence[int] = (),
-                 margin: Sequence[int] = (8, 8, 8), device: torch.device | str = "cpu", **kwargs):
+                 margin: Sequence[int] = (8, 8, 8), device: torch.device | str = "cpu",
+                 hu_bands: Sequence[float] | None = None, physics_prob: float = 0.0, **kwargs):
         if kwargs.get("gamma_range"):
             raise ValueError("the renderer draws its own gamma; gamma_range is for real MR samplers")
         super().__init__(volumes, masks, **kwargs)
@@ -102,6 +103,28 @@ class SynthPairSampler(VolumeSampler):
         self.present = [sorted(int(k) for k in np.unique(c[m])) or [0] for c, m in zip(self.classes, self.masks)]
         # the class of air: what lies outside the CT (the renderer renders it dark)
         self.fill_class = int(dark_classes[0]) if len(dark_classes) else 0
+        # the physical contrast prior (medgen.data.mr_physics) for the HU-band classes, drawn for
+        # a share of the samples; the band classes are numbered from the air class on
+        if physics_prob > 0 and hu_bands is None:
+            raise ValueError("physics_prob needs the hu_bands the classes were cut with")
+        self.hu_bands = list(hu_bands) if hu_bands is not None else None
+        self.physics_prob = float(physics_prob)
+
+    def _render(self, classes: torch.Tensor, present: list[int]) -> torch.Tensor:
+        """One rendering: the renderer's own random draw, or (``physics_prob``) its draw with the
+        band classes' means replaced by a random spin-echo acquisition's."""
+        seed = self._randint(2**31 - 1)
+        physics = self.physics_prob > 0 and self._rand() < self.physics_prob
+        self.renderer.set_random_state(seed=seed)
+        if not physics:
+            return self.renderer(classes, present=present)
+        from medgen.data.mr_physics import physics_means
+        n_classes = max(int(classes.max()), max(present)) + 1
+        self.renderer.randomize(n_classes)
+        means = physics_means(self.hu_bands, self.renderer.R)
+        bands = np.arange(self.fill_class, min(self.fill_class + len(means), n_classes))
+        self.renderer.params["means"][bands] = means[: len(bands)]
+        return self.renderer(classes, randomize=False, present=present)
 
     def _block_size(self) -> tuple[int, int, int]:
         inner = self.patch_size + (self.context,) if self.spatial_dims == 2 else self.patch_size
@@ -127,9 +150,8 @@ class SynthPairSampler(VolumeSampler):
             for axis in self.flip_axes:
                 if self._rand() < 0.5:
                     blocks = [np.flip(b, axis) for b in blocks]
-            self.renderer.set_random_state(seed=self._randint(2**31 - 1))
             cls = torch.from_numpy(np.ascontiguousarray(blocks[0])).to(self.device)
-            rendered = self.renderer(cls, present=self.present[index]).cpu().numpy()
+            rendered = self._render(cls, self.present[index]).cpu().numpy()
             for out, block in zip((images, targets, masks, classes), (rendered, *blocks[1:], blocks[0])):
                 out.append(np.ascontiguousarray(self._inner(block)))
         as_tensor = lambda items: torch.from_numpy(np.stack(items))  # noqa: E731

@@ -49,15 +49,23 @@ def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
     Organ labels keep their ids (the same id is the same class in every CT); every other voxel
     gets its HU tissue band (``synth.hu_bands``) as class ``n_label_ids + band``, where
     ``n_label_ids`` is the largest label id + 1 (0 without labels). The bands lie inside the CT
-    window (the config checks it), so the windowed CT gives the same bands as the raw HU.
+    window (the config checks it), so the windowed CT gives the same bands as the raw HU. The
+    bands are cut from a median-filtered copy (``synth.class_median``), so that tissue is one
+    coherent class instead of CT noise flipping voxels between neighbouring bands.
     """
+    from scipy import ndimage
+
     from medgen.transforms.intensity import unit_to_hu
     from medgen.transforms.render import render_classes
     ids = [int(lab.max()) for lab in labels if lab is not None and lab.size]
     n_label_ids = max(ids) + 1 if ids else 0
-    classes = [render_classes(lab if lab is not None and n_label_ids else None, unit_to_hu(ct, config.ct_window),
-                              n_label_ids=n_label_ids, bands=config.synth.hu_bands)
-               for ct, lab in zip(ct_volumes, labels)]
+    size = config.synth.class_median
+    classes = []
+    for ct, lab in zip(ct_volumes, labels):
+        hu = unit_to_hu(np.asarray(ct, np.float32), config.ct_window)
+        hu = ndimage.median_filter(hu, size=size) if size > 1 else hu
+        classes.append(render_classes(lab if lab is not None and n_label_ids else None, hu, n_label_ids=n_label_ids,
+                                      bands=config.synth.hu_bands))
     return classes, (n_label_ids,)
 
 
@@ -93,8 +101,10 @@ class SynthTranslatorTask(TranslatorTask):
             self.rank_local_state_keys = ("synth_sampler",)
         m, d = config.model, config.data
         seed = config.seed + 1000 * distributed.rank() + 5
-        common = {"spacing": config.preprocess.ct.spacing or (1.0, 1.0, 1.0), "render": config.synth.render,
-                  "dark_classes": dark_classes, "margin": config.synth.margin, "device": self.device,
+        synth = config.synth
+        common = {"spacing": config.preprocess.ct.spacing or (1.0, 1.0, 1.0), "render": synth.render,
+                  "dark_classes": dark_classes, "margin": synth.margin, "device": self.device,
+                  "hu_bands": synth.hu_bands, "physics_prob": synth.physics_prob,
                   "spatial_dims": m.spatial_dims, "patch_size": d.patch_size, "context": m.context,
                   "foreground_prob": d.foreground_prob}
         self.synth_sampler = SynthPairSampler(ct_volumes, ct_classes, ct_masks, seed=seed,

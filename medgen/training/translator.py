@@ -36,6 +36,7 @@ from medgen.objectives.structure import build_structure_loss
 from medgen.runtime import autocast
 from medgen.training import distributed
 from medgen.training.ema import WeightEMA
+from medgen.training.optim import adam
 from medgen.transforms.recipes import PreprocessConfig
 from medgen.transforms.render import DEFAULT_HU_BANDS, RenderConfig
 
@@ -152,6 +153,13 @@ class SynthConfig(StrictModel):
     render: RenderConfig = Field(default_factory=RenderConfig)
     hu_bands: list[float] = Field(default_factory=lambda: list(DEFAULT_HU_BANDS), description=(
         "HU edges of the CT tissue classes (air/lung .. cortical bone); they must lie inside the CT window"))
+    class_median: int = Field(3, ge=1, description=(
+        "median filter size (voxels) applied to the CT before it is cut into HU bands (1 = off): CT noise "
+        "would otherwise speckle every tissue near a band edge into two classes that render as salt and pepper"))
+    physics_prob: float = Field(0.0, ge=0, le=1, description=(
+        "share of renderings whose HU-band classes take the means of a random spin-echo acquisition of generic "
+        "tissue types (medgen.data.mr_physics: fat, muscle, fluid, marrow, dark cortical bone) instead of "
+        "fully random ones; 0 = fully random contrasts only"))
     margin: list[int] = Field(default_factory=lambda: [8, 8, 8], description=(
         "voxels rendered around each sample on each side (x, y, z): blur and thick-slice simulation see real "
         "neighbours instead of padding"))
@@ -365,10 +373,10 @@ class TranslatorTask:
             d_seg=self.nets.get("d_seg"), lambda_seg_adv=loss.lambda_seg_adv,
             seed=config.seed + 17 * distributed.rank())
         betas = (train.beta1, train.beta2)
-        self.opt_g = torch.optim.Adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
-                                      lr=train.lr, betas=betas)
+        self.opt_g = adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
+                          lr=train.lr, betas=betas)
         d_params = [p for name in ("d_ct", "d_mr", "d_seg") if name in nets for p in nets[name].parameters()]
-        self.opt_d = torch.optim.Adam(d_params, lr=train.lr, betas=betas)
+        self.opt_d = adam(d_params, lr=train.lr, betas=betas)
         factor = linear_decay(train.steps, train.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)

@@ -84,6 +84,25 @@ def test_pairs_are_exact_same_patch_same_geometry():
     assert torch.equal(again.image, replay.image) and torch.equal(again.target, replay.target)
 
 
+def test_physics_prior_renders_air_dark_and_replays_for_a_seed(unit_cts):
+    from medgen.data.mr_physics import physics_means
+    bands = TranslatorConfig().synth.hu_bands
+    a, b = physics_means(bands, np.random.RandomState(3)), physics_means(bands, np.random.RandomState(3))
+    assert np.array_equal(a, b) and a.shape == (len(bands) + 1,) and a.max() == pytest.approx(1.0)
+    cts, _, _ = unit_cts
+    config = TranslatorConfig.model_validate(TINY)
+    classes, dark = synth_classes(cts, [None, None], config)
+    flat = RenderConfig(std=[0, 0], blur_mm=[0, 0], resolution_prob=0.0, bias_std=[0, 0], gamma_std=0.0,
+                        noise_std=[0, 0])
+    sampler = SynthPairSampler(cts, classes, spacing=(2, 2, 3), render=flat, dark_classes=dark, hu_bands=bands,
+                               physics_prob=1.0, patch_size=(16, 16), context=1, margin=(2, 2, 0), seed=0)
+    pair = sampler.sample(8)
+    air = pair.classes == dark[0]
+    assert bool(air.any()) and float(pair.image[air].max()) < -0.9  # no protons, no signal, in every draw
+    with pytest.raises(ValueError, match="hu_bands"):
+        SynthPairSampler(cts, classes, spacing=(2, 2, 3), physics_prob=0.5, patch_size=(16, 16))
+
+
 def test_classes_keep_labels_and_cut_the_rest_into_hu_bands(unit_cts):
     cts, labels, _ = unit_cts
     config = TranslatorConfig.model_validate(TINY)
