@@ -146,3 +146,28 @@ def test_a_killed_runs_mlflow_run_is_marked_killed_by_the_next_run(tmp_path):
         new_id = tracker.run_id
     statuses = _statuses(uri)
     assert statuses[killed_id] == "KILLED" and statuses[new_id] == "FINISHED"
+
+
+def test_database_is_locked_is_retried_and_other_errors_are_not(monkeypatch):
+    from medgen import tracking
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    @tracking.retry_locked
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert flaky() == "ok" and len(calls) == 3
+
+    @tracking.retry_locked
+    def broken():
+        calls.append(1)
+        raise ValueError("no such table: experiments")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="no such table"):
+        broken()
+    assert len(calls) == 1
