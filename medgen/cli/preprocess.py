@@ -23,7 +23,9 @@ def register(sub) -> None:
                     "<case>_mask.nii.gz (body mask), <case>_label.nii.gz (with --labels), <case>.json (the record "
                     "that maps results back to the source grid and restores HU) and OUT_DIR/manifest.csv. "
                     "Re-running skips cases already done with the same input and config; a bad case is recorded "
-                    "in the manifest and the others carry on (exit code 1 if any case failed).")
+                    "in the manifest and the others carry on (exit code 1 if any case failed). medgen never replaces or removes "
+                    "a file it did not write; OUT_DIR must not be (or lie inside) an input folder, and one run at a time "
+                    "writes into it.")
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="volume files (.nii.gz, .nrrd, .mha), folders of volumes, DICOM series folders, "
                              "or a CSV with a source_path column")
@@ -41,7 +43,8 @@ def register(sub) -> None:
     add_executor(parser)
     parser.add_argument("--series-uid", default=None, help="pick one series of DICOM folders holding several")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing outputs not recorded in OUT_DIR/manifest.csv")
+                        help="also replace files in OUT_DIR that medgen did not write (your own files of the same "
+                             "names); without it only medgen's own earlier outputs are replaced")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     parser.set_defaults(handler=run)
 
