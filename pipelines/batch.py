@@ -52,6 +52,7 @@ class CaseReport:
     timings: dict = field(default_factory=dict)
     labels_found: list = field(default_factory=list)
     error: str | None = None
+    agreement: dict | None = None  # segment-mr --agreement: medgen.inference.agreement's report
 
 
 @dataclass

@@ -98,6 +98,9 @@ class DemoConfig(StrictModel):
     phantoms: PhantomSettings = PhantomSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
     segmenter: TrainSettings = TrainSettings(config="segmenter/ct_unet", max_steps=200)
+    #: the synthesis route's contrast-agnostic segmenter (trained on renderings of the training CTs'
+    #: anatomy, never on MR), scored as method ``direct`` on the held-out MRs; None: not run
+    synth_segmenter: TrainSettings | None = None
     translator: TrainSettings = TrainSettings(config="translator/cyclegan_25d", max_steps=400)
     translator_shape_consistency: bool = False
     generator: GeneratorSettings = GeneratorSettings(config="generator/label2ct", max_steps=200)
@@ -249,6 +252,21 @@ def train_ct_segmenter(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow
     return {"run_dir": str(run_dir), "bundle": str(bundle)}
 
 
+def train_synth_segmenter(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow: bool) -> dict:
+    """Train the contrast-agnostic segmenter on renderings of the training CTs' labels (no MR at all)."""
+    from medgen.pipelines.train_segmenter import train_segmenter
+    from medgen.training.segmenter import SegmenterConfig
+    stage = cfg.synth_segmenter
+    config = load_config(stage.config, SegmenterConfig, default=stage.config,
+                         overrides=[f"train.seed={cfg.seed}", *stage.overrides])
+    run_dir = out_dir / "runs" / "synth_segmenter"
+    train = phantoms["sets"]["ct_train"]
+    bundle = train_segmenter(config, images=[c["ct"] for c in train], labels=[c["labels"] for c in train],
+                             label_names=phantoms["label_names"], output=run_dir, max_steps=stage.max_steps,
+                             device=cfg.device, mlflow=mlflow)
+    return {"run_dir": str(run_dir), "bundle": str(bundle)}
+
+
 def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, preprocessed: dict | None, *,
                            segmenter_dir: str | None, mlflow: bool) -> dict:
     """Train the MR->CT translator on unpaired training MRs and CTs (validated on a paired phantom)."""
@@ -273,31 +291,36 @@ def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, prepr
 
 
 def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_dir: str,
-                     translator_dir: str | None) -> dict:
-    """Segment each held-out MR through the chain and the baselines; the segmenter on the true CT."""
+                     translator_dir: str | None, synth_segmenter_dir: str | None = None) -> dict:
+    """Segment each held-out MR through the chain, the baselines and (when trained) the contrast-agnostic
+    segmenter directly; the CT segmenter on the true CT."""
     from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
     from medgen.models.segmenters import load_segmenter
     from medgen.pipelines.segment_mr import ChainOptions, segment_mr
 
-    methods = {}
+    methods = {}  # method -> (translator, segmenter)
     if translator_dir:
-        methods["chain"] = translator_dir
+        methods["chain"] = (translator_dir, segmenter_dir)
+    if synth_segmenter_dir:
+        methods["direct"] = ("none", synth_segmenter_dir)
     for baseline in cfg.baselines:
-        methods[baseline] = baseline
+        methods[baseline] = (baseline, segmenter_dir)
     root = out_dir / "segment"
     masks: dict[str, dict[str, str]] = {m: {} for m in [*methods, "upper_bound"]}
     scts: dict[str, dict[str, str]] = {}
     timings: dict[str, list[float]] = {}
-    for method, translator in methods.items():
-        options = ChainOptions(translator=translator, segmenter=segmenter_dir, device=cfg.device,
+    for method, (translator, method_segmenter) in methods.items():
+        options = ChainOptions(translator=translator, segmenter=method_segmenter, device=cfg.device,
                                precision=cfg.precision, overwrite=True)
         for case in phantoms["sets"]["test"]:
             cid = case["case_id"]
             mask, sct = root / method / f"{cid}.nii.gz", root / method / f"{cid}_sct.nii.gz"
-            report = segment_mr([case["mr"]], mask, options, save_sct=str(sct))[0]
+            keep_sct = method != "direct"  # the direct route's input is the MR itself, not a synthetic CT
+            report = segment_mr([case["mr"]], mask, options, save_sct=str(sct) if keep_sct else None)[0]
             masks[method][cid] = str(mask)
-            scts.setdefault(method, {})[cid] = str(sct)
+            if keep_sct:
+                scts.setdefault(method, {})[cid] = str(sct)
             timings.setdefault(method, []).append(sum(report.timings.values()))
     # upper bound: the same segmenter on the true CT of the same anatomy
     segmenter = load_segmenter(segmenter_dir)
@@ -514,7 +537,13 @@ def _run_stages(out_dir: Path, config: DemoConfig, *, sample_data, config_name: 
                                                   segmenter_dir=seg_dir, mlflow=mlflow),
                    needs=("phantoms",))
         tr_dir = stages.outputs("train translator").get("run_dir")
-        stages.run("segment test MRs", lambda: segment_test_mrs(out_dir, config, phantoms, seg_dir, tr_dir),
+        synth_dir = None
+        if config.synth_segmenter is not None:
+            stages.run("train synth segmenter", lambda: train_synth_segmenter(out_dir, config, phantoms, mlflow=mlflow),
+                       needs=("phantoms",))
+            synth_dir = stages.outputs("train synth segmenter").get("run_dir")
+        stages.run("segment test MRs",
+                   lambda: segment_test_mrs(out_dir, config, phantoms, seg_dir, tr_dir, synth_dir),
                    needs=("train segmenter",))
         stages.run("evaluate", lambda: evaluate_test_set(out_dir, phantoms, stages.outputs("segment test MRs"), seg_dir,
                                                     mlflow=mlflow),

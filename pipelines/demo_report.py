@@ -24,8 +24,10 @@ METHOD_TITLES = {
     "histogram": "baseline: histogram matching",
     "upper_bound": "upper bound: segmenter on the true CT",
 }
-METHOD_ORDER = ("chain", "none", "histogram", "upper_bound")
-METHOD_COLOURS = {"chain": "#1f77b4", "none": "#bbbbbb", "histogram": "#ff7f0e", "upper_bound": "#2ca02c"}
+METHOD_TITLES["direct"] = "contrast-agnostic segmenter on the MR (synthesis route)"
+METHOD_ORDER = ("chain", "direct", "none", "histogram", "upper_bound")
+METHOD_COLOURS = {"chain": "#1f77b4", "direct": "#9467bd", "none": "#bbbbbb", "histogram": "#ff7f0e",
+                  "upper_bound": "#2ca02c"}
 
 
 #: Overlay colours by label name: an index into :func:`medgen.viz.label_colormap` (tab20), chosen so

@@ -38,6 +38,8 @@ class ChainOptions:
     series_uid: str | None = None
     ct_reference: str | None = None
     flip_tta: bool = False
+    agreement: bool = False  # second, perturbed pass: per-structure agreement and a reliability flag
+    agreement_threshold: float = 0.7
     push_seg: bool = False  # DICOMweb input: store the DICOM SEG back into the study
     push_sct: bool = False  # DICOMweb input: store the synthetic CT as a new series of the study
 
@@ -106,8 +108,13 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
     mr = read_volume(mr_path, series_uid=options.series_uid)
     t_read = time.perf_counter() - t0
     result = segment_mr_volume(mr, translator=translator, segmenter=segmenter, device=options.device,
-                               precision=options.precision, ct_reference=options.ct_reference)
+                               precision=options.precision, ct_reference=options.ct_reference,
+                               agreement=options.agreement, agreement_threshold=options.agreement_threshold)
     t1 = time.perf_counter()
+    reliability = result.agreement
+    if reliability is not None and reliability["flagged"]:
+        log.warning("%s: low agreement between two predictions (mean %s; %s): check this mask before use",
+                    case_id or mr_path.name, reliability["mean"], ", ".join(reliability["low_structures"]) or "-")
     written = {}
     if outputs.sct is not None:
         sct = result.sct.with_array(np.rint(result.sct.array).astype(np.int16))
@@ -116,17 +123,26 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
         from medgen.inference.qc import save_chain_qc
         written["qc"] = str(save_chain_qc(outputs.qc, mr, result.sct, result.mask, result.label_names,
                                           title=f"{case_id or mr_path.name}: {Path(str(options.translator)).name} -> "
-                                                f"{Path(str(options.segmenter)).name}"))
+                                                f"{Path(str(options.segmenter)).name}" + _agreement_note(reliability)))
     found = write_mask_outputs(result.mask, result.label_names, outputs, written, source=mr_path, image=mr,
                                overwrite=options.overwrite, series_uid=options.series_uid,
                                model_name=f"{Path(str(options.translator)).name} -> {Path(str(options.segmenter)).name}",
                                info={"mr": str(mr_path), "translator": str(options.translator),
-                                     "segmenter": str(options.segmenter)})
+                                     "segmenter": str(options.segmenter), "agreement": reliability})
     timings = {"read": t_read, **result.timings, "write": time.perf_counter() - t1}
     log.info("%s: %s labels found (%s) in %.1f s", case_id or mr_path.name, len(found),
              ", ".join(found[:8]), sum(timings.values()))
     return CaseReport(case_id or mr_path.name, str(mr_path), "ok", written, {k: round(v, 3) for k, v in timings.items()},
-                      found)
+                      found, agreement=reliability)
+
+
+def _agreement_note(reliability: dict | None) -> str:
+    """The QC title's reliability line: the agreement score, and LOW with the structures to check."""
+    if reliability is None:
+        return ""
+    low = reliability["low_structures"]
+    flag = f" LOW, check: {', '.join(low) or 'all'}" if reliability["flagged"] else ""
+    return f" | agreement {reliability['mean']}{flag}"
 
 
 def write_mask_outputs(mask, label_names: dict, outputs: CaseOutputs, written: dict, *, source: Path, image,
@@ -229,10 +245,12 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     from medgen.io.outdir import claim_output_dir
     with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
                           command="medgen segment-mr", outputs=("segment_mr_summary.json",)):
-        return _segment_batch(cases, output, options, save_sct=save_sct, qc=qc, dicom_seg=dicom_seg, workers=workers)
+        return _segment_batch(cases, output, options, save_sct=save_sct, qc=qc, dicom_seg=dicom_seg, workers=workers,
+                              executor=executor)
 
 
-def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int) -> list[CaseReport]:
+def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int,
+                   executor: str | None = "local") -> list[CaseReport]:
     """The batch of :func:`segment_mr`, run inside the claimed output folder."""
     from medgen.io.dicomweb_cases import is_dicom_source
     jobs = []

@@ -42,7 +42,15 @@ def register(sub) -> None:
                              "MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
+    parser.add_argument("--agreement", action="store_true",
+                        help="reliability flag without ground truth: run the chain again on a perturbed copy of the "
+                             "MR (contrast and position) and report per-structure agreement (Dice between the two "
+                             "masks) in labels.json, the summary and the QC picture; low agreement is flagged")
+    parser.add_argument("--agreement-threshold", type=float, default=0.7,
+                        help="agreement below which a case or structure is flagged")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    from medgen.cli.common import add_executor
+    add_executor(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
@@ -54,8 +62,9 @@ def run(args) -> int:
     options = ChainOptions(translator=args.translator, segmenter=args.segmenter, trust_bundle=args.trust_bundle,
                            device=args.device, precision=args.precision, overwrite=args.overwrite,
                            series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta,
-                           push_seg=args.push_seg, push_sct=args.push_seg and bool(args.save_sct))
+                           push_seg=args.push_seg, push_sct=args.push_seg and bool(args.save_sct),
+                           agreement=args.agreement, agreement_threshold=args.agreement_threshold)
     reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,
-                         dicom_seg=args.dicom_seg, workers=args.workers)
+                         dicom_seg=args.dicom_seg, workers=args.workers, executor=args.executor)
     from medgen.cli.common import finish_batch
     return finish_batch(reports, "mask")

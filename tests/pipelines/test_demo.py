@@ -17,7 +17,7 @@ import pytest
 from medgen.cli import main
 from medgen.errors import OutputError
 
-METHODS = ("chain", "none", "histogram", "upper_bound")
+METHODS = ("chain", "direct", "none", "histogram", "upper_bound")
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,12 @@ def test_report_and_figures(demo_dir):
     assert {"dice.png", "samples.png", "methods.png", "generated.png", "label_legend.png",
             "curves_segmenter.png", "curves_translator.png", "curves_generator.png"} <= names
     # the stage table lists every stage with its time
-    for stage in ("phantoms", "preprocess", "train segmenter", "train translator", "segment test MRs", "evaluate",
-                  "generator"):
+    for stage in ("phantoms", "preprocess", "train segmenter", "train synth segmenter", "train translator",
+                  "segment test MRs", "evaluate", "generator"):
         assert f"| {stage} | ok |" in md
+    # the synthesis route's direct segmenter is scored next to the chain and the baselines
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    assert "direct" in json.dumps(metrics["segmentation"]) and "contrast-agnostic" in md
 
 
 @pytest.mark.slow
