@@ -13,7 +13,6 @@ import stat
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
