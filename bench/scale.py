@@ -18,6 +18,7 @@ Usage::
 
     python bench/scale.py                       # defaults (a few minutes on 2 cores)
     python bench/scale.py --cases 4 --steps 10  # quicker
+    python bench/scale.py --cases 16 --skip-training --dask   # local pool vs Dask (2 workers each)
 """
 
 from __future__ import annotations
@@ -126,6 +127,33 @@ def bench_preprocess(data: Path, work: Path, n: int, workers: int, cores: int, t
             "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
 
 
+def bench_preprocess_dask(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None) -> dict:
+    """``medgen preprocess --executor dask://...`` on a LocalCluster of ``workers`` processes started here.
+
+    The cluster is started before the clock (as a cluster already running would be); its workers
+    import medgen on their first case, so that cost is inside the measured command.
+    """
+    import dask
+    from distributed import LocalCluster
+    per_worker = threads or max(1, cores // workers)
+    os.environ.update(OMP_NUM_THREADS=str(per_worker), MKL_NUM_THREADS=str(per_worker))  # inherited by the workers
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as cluster:
+        address = "dask://" + cluster.scheduler_address.removeprefix("tcp://")
+        out = work / f"prep_dask_w{workers}"
+        cmd = [sys.executable, "-m", "medgen", "preprocess", str(data / "ct"), "-o", str(out), "--modality", "ct",
+               "--executor", address, "--no-mlflow"]
+        r = run_measured(cmd, _env(per_worker))
+    if r["returncode"] != 0:
+        raise RuntimeError(f"preprocess on Dask failed: {r['stderr'][-2000:]}")
+    match = re.search(r"preprocessed (\d+), .* in ([\d.]+) s", r["stderr"])
+    done, seconds = (int(match.group(1)), float(match.group(2))) if match else (n, r["wall_s"])
+    return {"executor": "dask", "workers": workers, "cases": done, "pipeline_s": round(seconds, 2),
+            "command_s": round(r["wall_s"], 2), "cases_per_s": round(done / seconds, 3),
+            "cases_per_s_with_startup": round(done / r["wall_s"], 3)}
+
+
 TRANSLATOR = ["-c", "translator/cyclegan_2d", "--device", "cpu", "--no-mlflow", "-q",
               "--set", "model.features=16", "--set", "model.n_blocks=3", "--set", "model.disc_features=16",
               "--set", "data.patch_size=[64,64]", "--set", "data.batch_size=2", "--set", "train.precision=fp32",
@@ -165,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch/OpenMP threads per process (default: cores // workers or processes)")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--dask", action="store_true",
+                        help="also preprocess with --executor dask:// on a local 2-worker cluster (vs the local pool)")
     parser.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -179,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
               "data": {"cases": args.cases, "shape": args.shape, "spacing_mm": [2.0, 2.0, 3.0],
                        "write_s": round(time.perf_counter() - t0, 2)},
               "preprocess": [bench_preprocess(data, work, args.cases, w, cores, args.threads) for w in args.parallel]}
+    if args.dask:
+        result["preprocess_dask"] = [bench_preprocess_dask(data, work, args.cases, w, cores, args.threads)
+                                     for w in args.parallel if w > 1]
+        pool = {r["workers"]: r for r in result["preprocess"]}
+        result["dask_vs_local_pool"] = {str(r["workers"]): round(r["cases_per_s_with_startup"]
+                                                                 / pool[r["workers"]]["cases_per_s_with_startup"], 2)
+                                        for r in result["preprocess_dask"] if r["workers"] in pool}
     if not args.skip_training:
         result["training"] = [bench_training(data, work, p, args.steps, cores, args.threads) for p in args.parallel]
     base_p, base_t = result["preprocess"][0], result.get("training", [None])[0]

@@ -139,7 +139,8 @@ def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | Non
     reports: dict[int, CaseReport] = {}
     bar = progress(total=len(todo), desc=desc, unit="case")
     try:
-        for i, report, error in run_tasks(run_job, todo, workers=workers, executor=executor):
+        preload = sorted({job.fn.__module__ for job in todo})  # the commands' work modules
+        for i, report, error in run_tasks(run_job, todo, workers=workers, executor=executor, preload=preload):
             job = todo[i]
             # a case that died with its worker keeps its marker: a rerun removes its leftovers and redoes it
             reports[i] = report if error is None else CaseReport(job.case_id, job.input, "failed", error=error)

@@ -32,12 +32,12 @@ from medgen.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_executor", "run_tasks", "WORKER_DIED"]
+__all__ = ["parse_executor", "prestart", "run_tasks", "WORKER_DIED"]
 
-#: modules the forkserver imports once, so pool workers start without importing them again
-PRELOAD = ("torch", "monai", "SimpleITK", "nibabel", "scipy.ndimage", "medgen.pipelines.batch",
-           "medgen.pipelines.preprocess", "medgen.pipelines.segment_mr", "medgen.pipelines.translate",
-           "medgen.transforms.recipes", "medgen.models.segmenters", "medgen.inference.chain")
+#: what the forkserver imports once for every command (plus the command's own work module), so pool
+#: workers start without importing them again. Only what the workers need: the command's first
+#: fork waits until the forkserver has imported all of it.
+PRELOAD = ("torch", "monai.transforms", "SimpleITK", "nibabel")
 
 WORKER_DIED = ("a worker process died (killed or out of memory) before this case finished; "
                "rerun the same command to redo it")
@@ -60,8 +60,20 @@ def parse_executor(spec: str | None) -> str | None:
                      fix="pass --executor local (default) or --executor dask://HOST:PORT (a dask.distributed scheduler)")
 
 
-def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
-              executor: str | None = "local") -> Iterator[tuple[int, Any, str | None]]:
+def prestart(workers: int, executor: str | None = "local", preload: Sequence[str] = ()) -> None:
+    """Start the local pool's forkserver now, so it imports torch/MONAI/``preload`` while this
+    process does the same (call first thing in a command): the imports of the two run side by side
+    on two cores instead of one after the other. A no-op for one worker or a Dask executor."""
+    if workers <= 1 or parse_executor(executor) is not None:
+        return
+    context = _context(preload)
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
+def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1, executor: str | None = "local",
+              preload: Sequence[str] = ()) -> Iterator[tuple[int, Any, str | None]]:
     """Run ``fn(item)`` for every item; yield ``(index, result, None)`` or ``(index, None, error)`` as they finish.
 
     Args:
@@ -69,6 +81,8 @@ def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
         items: picklable arguments, one per case.
         workers: local worker processes (ignored for Dask: the cluster has its own).
         executor: ``local`` / None or ``dask://HOST:PORT``.
+        preload: modules the local pool's workers need (imported once in the forkserver; ``fn``'s
+            own module always is); ignored when :func:`prestart` already started it.
     """
     address = parse_executor(executor)
     if address is not None:
@@ -77,7 +91,7 @@ def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1,
         for i, item in enumerate(items):
             yield i, fn(item), None
     else:
-        yield from _run_pool(fn, items, min(int(workers), len(items)))
+        yield from _run_pool(fn, items, min(int(workers), len(items)), (*preload, fn.__module__))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +106,14 @@ def _worker_init(threads: int, level: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _context():
-    """A forkserver context with the heavy imports preloaded (spawn where there is no forkserver)."""
+def _context(preload: Sequence[str] = ()):
+    """A forkserver context with the heavy imports preloaded (spawn where there is no forkserver).
+
+    The preload list counts only when the forkserver starts (its first use in this process)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD))
+    context.set_forkserver_preload(list(dict.fromkeys((*PRELOAD, *preload))))
     return context
 
 
@@ -105,13 +121,13 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _run_pool(fn, items, workers: int) -> Iterator[tuple[int, Any, str | None]]:
+def _run_pool(fn, items, workers: int, preload: Sequence[str]) -> Iterator[tuple[int, Any, str | None]]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     level = logging.getLogger("medgen").getEffectiveLevel()
     threads = max(1, _cores() // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_init,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(preload), initializer=_worker_init,
                                initargs=(threads, level))
     try:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}

@@ -51,10 +51,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from medgen.errors import InputError
-    from medgen.pipelines.preprocess import run_preprocess
+    from medgen.pipelines.executor import prestart
+    # first: the pool imports while this process does; a bad address fails here
+    prestart(args.workers, args.executor, preload=("medgen.pipelines.preprocess",))
 
-    from medgen.pipelines.executor import parse_executor
-    parse_executor(args.executor)  # a bad address fails before any work
+    from medgen.pipelines.preprocess import run_preprocess
     if args.workers < 1:
         raise InputError(f"must be at least 1 (got {args.workers})", path="--workers", fix="pass --workers 1 or more")
     summary = run_preprocess(list(args.inputs) + list(args.more_inputs), args.output, modality=args.modality,

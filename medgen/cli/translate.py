@@ -34,6 +34,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from medgen.pipelines.executor import prestart
+    prestart(args.workers, args.executor, preload=("medgen.pipelines.translate",))  # imports side by side
     from medgen.io.readers import VOLUME_SUFFIXES
     from medgen.pipelines.translate import TranslateOptions, translate_batch, translate_file
 
