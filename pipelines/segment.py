@@ -111,7 +111,8 @@ def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> Ca
 
 
 def segment(inputs: list[str | Path], output: str | Path, options: SegmentOptions, *, dicom_seg: str | None = None,
-            workers: int = 1, mlflow: bool = True, modality: str | None = "CT") -> list[CaseReport]:
+            workers: int = 1, mlflow: bool = True, modality: str | None = "CT",
+            executor: str | None = "local") -> list[CaseReport]:
     """Segment one volume (``output`` a volume file) or a batch (``output`` a folder).
 
     Args:
@@ -123,6 +124,7 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
         dicom_seg: a ``.dcm`` path (one volume) or any value (batch: ``<case>_seg.dcm``) to also
             write a DICOM SEG for DICOM inputs (on with ``options.push_seg``).
         workers: parallel worker processes for a batch.
+        executor: ``local`` or ``dask://HOST:PORT`` for a batch (:mod:`medgen.pipelines.executor`).
         mlflow: log the call as one MLflow run (store: ``MLFLOW_TRACKING_URI`` or
             ``mlflow.db`` in the output folder).
 
@@ -165,7 +167,8 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
                                          case_id=cases[0].case_id)]
                 tracker.log_artifact(outs.labels_json)
             else:
-                reports = _run_jobs(cases, output, options, dicom_seg=bool(dicom_seg), workers=workers)
+                reports = _run_jobs(cases, output, options, dicom_seg=bool(dicom_seg), workers=workers,
+                                    executor=executor)
                 tracker.log_artifact(output / SUMMARY_NAME)
             tracker.log_metrics({"ok": sum(r.status == "ok" for r in reports),
                                  "skipped": sum(r.status == "skipped" for r in reports),
@@ -178,7 +181,8 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
         _MODELS.clear()  # the next call in this process reloads (the model may have changed)
 
 
-def _run_jobs(cases, output: Path, options: SegmentOptions, *, dicom_seg: bool, workers: int) -> list[CaseReport]:
+def _run_jobs(cases, output: Path, options: SegmentOptions, *, dicom_seg: bool, workers: int,
+              executor: str | None = "local") -> list[CaseReport]:
     output.mkdir(parents=True, exist_ok=True)
     jobs = []
     for case in cases:
@@ -188,6 +192,7 @@ def _run_jobs(cases, output: Path, options: SegmentOptions, *, dicom_seg: bool, 
             log.warning("%s: not a DICOM series; no DICOM SEG written", case.case_id)
         jobs.append(BatchJob(case.case_id, str(case.path), files=_case_files(outs), done=[outs.mask, outs.labels_json],
                              fn=_segment_case, payload=(outs, options, str(case.path)), outputs_when_done={"mask": str(outs.mask)}))
-    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment")
+    reports, seconds = run_batch(jobs, workers=workers, overwrite=options.overwrite, desc="segment",
+                                 executor=executor)
     write_summary(output / SUMMARY_NAME, reports, seconds=seconds, segmenter=str(options.segmenter))
     return reports

@@ -34,6 +34,8 @@ def register(sub) -> None:
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    from medgen.cli.common import add_executor
+    add_executor(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=True)
@@ -48,5 +50,6 @@ def run(args) -> int:
                              precision=args.precision, overwrite=args.overwrite, series_uid=args.series_uid,
                              flip_tta=args.tta, push_seg=args.push_seg)
     reports = segment(args.input, args.output, options, dicom_seg=args.dicom_seg, workers=args.workers,
+                      executor=args.executor,
                       mlflow=not args.no_mlflow, modality=args.modality)
     return finish_batch(reports, "mask")
