@@ -108,8 +108,8 @@ def test_mlflow_parent_and_nested_runs(demo_dir):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)
-    assert names == sorted(["preprocess", "preprocess", "train_segmenter", "train_translator", "evaluate",
-                            "train_generator", "generate"])
+    assert names == sorted(["preprocess", "preprocess", "train_segmenter", "train_segmenter", "train_translator",
+                            "evaluate", "train_generator", "generate"])  # the second segmenter: the synthesis route's
     assert all(r.info.status == "FINISHED" for r in children)
     by_name = {r.info.run_name: r for r in children}
     translator = by_name["train_translator"]
