@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["sliding_window_scores", "segment_array", "auto_batch_size"]
 
-#: voxels of input windows per forward pass when the batch size is left to medgen: 8 windows of
-#: 64x64x32 (the shipped segmenter's patch) run ~1.7x faster per window than 2 on a 2-core CPU,
-#: while large patches (96^3 and up) stay at 2 so activations stay within the memory budget
-WINDOW_VOXELS_PER_PASS = 2**20
+#: voxels of input windows per forward pass when the batch size is left to medgen. Measured with the
+#: shipped segmenter (64x64x32 windows) on 2 cores: 8 windows per pass were 1.7x faster than 2 on a
+#: loaded machine but 1.65x slower on a quiet one (3.4 s vs 5.5 s forward, +200 MB), so windows of
+#: that size and larger stay at 2; only small windows are batched more
+WINDOW_VOXELS_PER_PASS = 2**18
 
 
 def auto_batch_size(patch_size: Sequence[int]) -> int:
