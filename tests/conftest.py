@@ -81,3 +81,13 @@ def _isolated_mlflow(monkeypatch):
         while mlflow.active_run() is not None:
             mlflow.end_run()
         mlflow.set_tracking_uri(None)  # back to "not set" (also clears the env var MLflow exported)
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """A test that turns autograd off globally (e.g. a MONAI bundle run in-process whose config
+    calls ``torch.set_grad_enabled(False)``) must not break every training test after it."""
+    import torch
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)

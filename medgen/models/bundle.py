@@ -153,8 +153,10 @@ def monai_inference_config(spec: BundleSpec) -> dict:
                      "output_dtype": "$numpy.uint8" if max(spec.label_names, default=0) < 256 else "$numpy.uint16",
                      "resample": False, "separate_folder": False, "print_log": False}]},
                 "prepared": "$@preprocessing({'image': @input_image})",
-                "scores": "$@inferer(@prepared['image'][None].to(@device), @network)[0].cpu()",
-                "initialize": ["$torch.set_grad_enabled(False)", "$@load_weights"],
+                # no_grad around the inference only: a global set_grad_enabled(False) would leak into
+                # the caller's process when the bundle is run in-process with ConfigParser
+                "scores": "$torch.no_grad()(@inferer)(@prepared['image'][None].to(@device), @network)[0].cpu()",
+                "initialize": ["$@load_weights"],
                 "run": ["$@postprocessing({**@prepared, 'pred': @scores})"]}
     if spec.kind == "translator":
         return {**base,
