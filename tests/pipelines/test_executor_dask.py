@@ -61,7 +61,9 @@ def test_dask_batch_survives_a_killed_worker_and_resumes(tmp_path, dask_address)
     assert "rerun" in errors["doomed"] and "Dask" in errors["doomed"]
     assert (tmp_path / "flaky.txt").read_text().startswith("flaky")  # retried on a live worker, complete
     pids = {(tmp_path / f"{n}.txt").read_text().split()[-1] for n in ("a", "b", "c", "flaky")}
-    assert len(pids) >= 2  # the cases really ran in more than one worker process
+    # the cases ran in the cluster's worker processes, not in this one (how many workers took them
+    # depends on Dask's scheduling after the kills: one surviving worker may take them all)
+    assert str(os.getpid()) not in pids
     summary = write_summary(tmp_path / "summary.json", reports, seconds=seconds)
     assert (summary["ok"], summary["failed"]) == (4, 2)
     assert not (tmp_path / "bad.txt").exists()
