@@ -35,7 +35,7 @@ FULL = {
     "seg_steps": 300, "tr_steps": 300,
     "seg_overrides": ["data.spacing=[3,3,4.5]", "data.patch_size=[64,64,32]", "network.channels=[8,16,32,64]",
                       "data.batch_size=1", "train.validate_every=100", "train.checkpoint_every=50",
-                      "train.precision=bf16", "train.lr=0.01"],
+                      "train.precision=auto", "train.lr=0.01"],
     "tr_overrides": ["preprocess.mr.spacing=[3,3,4.5]", "preprocess.ct.spacing=[3,3,4.5]", "model.features=12",
                      "model.n_blocks=3", "data.patch_size=[64,64]", "model.disc_features=12",
                      "train.validate_every=1000", "train.checkpoint_every=50", "train.log_every=50"],

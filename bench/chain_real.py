@@ -50,7 +50,7 @@ log = logging.getLogger("bench.chain_real")
 INCLUDE = ["liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas", "aorta", "inferior_vena_cava",
            "vertebrae=vertebrae_*|sacrum", "autochthon=autochthon_*", "iliopsoas=iliopsoas_*"]
 SEG_OVERRIDES = ["data.spacing=[3,3,3]", "data.patch_size=[64,64,32]", "network.channels=[8,16,32,64]",
-                 "train.precision=bf16", "train.lr=0.004", "train.validate_every=100000", "train.checkpoint_every=50",
+                 "train.precision=auto", "train.lr=0.004", "train.validate_every=100000", "train.checkpoint_every=50",
                  "train.log_every=25"]
 TR_OVERRIDES = ["preprocess.mr.spacing=[3,3,3]", "preprocess.ct.spacing=[3,3,3]", "model.features=16",
                 "model.n_blocks=4", "data.patch_size=[64,64]", "model.disc_features=16", "train.checkpoint_every=50",

@@ -19,7 +19,7 @@ TEST_SETTINGS = {
     "seg_steps": 100, "tr_steps": 100, "include": ["fat", "muscle", "liver", "vertebrae"],
     "seg_overrides": ["data.spacing=[4,4,6]", "data.patch_size=[48,48,24]", "network.channels=[8,16,32]",
                       "network.strides=[2,2]", "network.num_res_units=1", "train.validate_every=1000",
-                      "train.checkpoint_every=1000", "train.lr=0.01", "data.batch_size=1", "train.precision=bf16",
+                      "train.checkpoint_every=1000", "train.lr=0.01", "data.batch_size=1", "train.precision=auto",
                       "augment.scale=[1.0,1.0]"],
     "tr_overrides": ["preprocess.mr.spacing=[4,4,6]", "preprocess.ct.spacing=[4,4,6]", "model.features=8",
                      "model.n_blocks=2", "data.patch_size=[48,48]", "model.disc_features=8",
