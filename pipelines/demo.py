@@ -238,32 +238,29 @@ def preprocess_training_data(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, 
 
 def train_ct_segmenter(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow: bool) -> dict:
     """Train the CT segmenter on the training CTs and their labels (validated on a paired phantom)."""
-    from medgen.pipelines.train_segmenter import train_segmenter
-    from medgen.training.segmenter import SegmenterConfig
-    stage = cfg.segmenter
-    config = load_config(stage.config, SegmenterConfig, default=stage.config,
-                         overrides=[f"train.seed={cfg.seed}", *stage.overrides])
-    run_dir = out_dir / "runs" / "segmenter"
-    train, val = phantoms["sets"]["ct_train"], phantoms["sets"].get("val", [])
-    bundle = train_segmenter(config, images=[c["ct"] for c in train], labels=[c["labels"] for c in train],
-                             label_names=phantoms["label_names"], val_images=[c["ct"] for c in val] or None,
-                             val_labels=[c["labels"] for c in val] or None, output=run_dir,
-                             max_steps=stage.max_steps, device=cfg.device, mlflow=mlflow)
-    return {"run_dir": str(run_dir), "bundle": str(bundle)}
+    return _train_segmenter_stage(out_dir / "runs" / "segmenter", cfg, cfg.segmenter, phantoms,
+                                  validate=True, mlflow=mlflow)
 
 
 def train_synth_segmenter(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow: bool) -> dict:
     """Train the contrast-agnostic segmenter on renderings of the training CTs' labels (no MR at all)."""
+    return _train_segmenter_stage(out_dir / "runs" / "synth_segmenter", cfg, cfg.synth_segmenter, phantoms,
+                                  validate=False, mlflow=mlflow)
+
+
+def _train_segmenter_stage(run_dir: Path, cfg: DemoConfig, stage: TrainSettings, phantoms: dict, *,
+                           validate: bool, mlflow: bool) -> dict:
+    """One segmenter stage on the training CTs + labels (``validate``: on the paired validation phantom)."""
     from medgen.pipelines.train_segmenter import train_segmenter
     from medgen.training.segmenter import SegmenterConfig
-    stage = cfg.synth_segmenter
     config = load_config(stage.config, SegmenterConfig, default=stage.config,
                          overrides=[f"train.seed={cfg.seed}", *stage.overrides])
-    run_dir = out_dir / "runs" / "synth_segmenter"
     train = phantoms["sets"]["ct_train"]
+    val = phantoms["sets"].get("val", []) if validate else []
     bundle = train_segmenter(config, images=[c["ct"] for c in train], labels=[c["labels"] for c in train],
-                             label_names=phantoms["label_names"], output=run_dir, max_steps=stage.max_steps,
-                             device=cfg.device, mlflow=mlflow)
+                             label_names=phantoms["label_names"], val_images=[c["ct"] for c in val] or None,
+                             val_labels=[c["labels"] for c in val] or None, output=run_dir,
+                             max_steps=stage.max_steps, device=cfg.device, mlflow=mlflow)
     return {"run_dir": str(run_dir), "bundle": str(bundle)}
 
 

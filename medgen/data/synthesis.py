@@ -27,7 +27,7 @@ from medgen.io.volume import Volume
 from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
 from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
 
-__all__ = ["SynthesisConfig", "render_volume"]
+__all__ = ["SynthesisConfig", "render_volume", "warp_and_render"]
 
 
 class SynthesisConfig(StrictModel):
@@ -40,6 +40,21 @@ class SynthesisConfig(StrictModel):
     scale: list[float] = [0.9, 1.1]
     elastic_vox: float = Field(2.0, ge=0.0)
     seed: int = 0
+
+
+def warp_and_render(classes: np.ndarray, label: np.ndarray, grid: torch.Tensor, renderer: RandContrastRender,
+                    gen: torch.Generator, *, present=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp a class map and its label with one ``grid`` (nearest neighbour), then render the classes.
+
+    The renderer is re-seeded from ``gen`` first, so the rendering replays with the generator's
+    state (a resumed training draws what an uninterrupted one would). ``present``: the classes
+    that set the output scale (see :class:`RandContrastRender`). Returns ``(image, label)`` tensors
+    on the grid's shape; the image on ``device`` (default CPU).
+    """
+    warped = warp_nearest(torch.from_numpy(np.stack([classes, label]).astype(np.int64))[None], grid)[0]
+    renderer.set_random_state(seed=int(torch.randint(2**31 - 1, (), generator=gen)))
+    classes_t = warped[0] if device is None else warped[0].to(device)
+    return renderer(classes_t, present=present), warped[1]
 
 
 def render_volume(label: Volume | None, ct: Volume | None, config: SynthesisConfig, *, seed: int,
@@ -57,15 +72,14 @@ def render_volume(label: Volume | None, ct: Volume | None, config: SynthesisConf
     classes = render_classes(None if label is None else np.asarray(label.array),
                              None if ct is None else np.asarray(ct.array, np.float32),
                              n_label_ids=n_label_ids, bands=config.hu_bands)
-    lab = np.zeros(ref.shape, np.int64) if label is None else np.asarray(label.array).astype(np.int64)
+    lab = np.zeros(ref.shape, np.int64) if label is None else np.asarray(label.array)
     gen = torch.Generator().manual_seed(int(seed))
     grid = random_grid(tuple(ref.shape), gen, WarpRanges(rotate_deg=config.rotate_deg, scale=tuple(config.scale),
                                                           elastic_vox=config.elastic_vox))
-    warped = warp_nearest(torch.from_numpy(np.stack([classes.astype(np.int64), lab]))[None], grid)[0]
     air = n_label_ids if ct is not None else 0
     renderer = RandContrastRender(ref.spacing, config.render, dark_classes=[air])
-    renderer.set_random_state(seed=int(torch.randint(2**31 - 1, (), generator=gen)))
-    image = renderer(warped[0]).numpy().astype(np.float32)
-    out_label = warped[1].numpy().astype(np.uint8 if n_label_ids <= 256 else np.uint16)
+    image, warped_label = warp_and_render(classes, lab, grid, renderer, gen)
+    image = image.numpy().astype(np.float32)
+    out_label = warped_label.numpy().astype(np.uint8 if n_label_ids <= 256 else np.uint16)
     return (Volume(image, ref.affine.copy(), None, None, {"modality": "MR", "synthetic": "rendered"}),
             Volume(out_label, ref.affine.copy()))

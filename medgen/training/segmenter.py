@@ -44,7 +44,8 @@ from medgen.io.volume import Volume
 from medgen.models.segmenters import InputSpec, NetworkSegmenter
 from medgen.runtime import autocast
 from medgen.training import distributed
-from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
+from medgen.data.synthesis import warp_and_render
+from medgen.transforms.random_warp import WarpRanges, random_grid
 from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
 
 log = logging.getLogger(__name__)
@@ -571,13 +572,11 @@ class SegmenterTask:
         lab = crop(case.label, start - margin, block, 0)
         grid = random_grid(patch, self.gen, self.warp)
         grid = grid * torch.tensor([p / b for p, b in zip(patch, block)][::-1])  # central patch of the block
-        warped = warp_nearest(torch.from_numpy(np.stack([cls, lab]).astype(np.int64))[None], grid)[0]
         present = getattr(case, "_render_ids", None)
         if present is None:
             present = case._render_ids = [int(c) for c in np.unique(case.classes)]
-        self.renderer.set_random_state(seed=int(torch.randint(2**31 - 1, (), generator=self.gen)))
-        x = self.renderer(warped[0].to(self.device), present=present)
-        return x[None, None], warped[1][None, None]
+        x, y = warp_and_render(cls, lab, grid, self.renderer, self.gen, present=present, device=self.device)
+        return x[None, None], y[None, None]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
