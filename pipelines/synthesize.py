@@ -28,7 +28,8 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
     from medgen.data.inputs import collect_inputs
     from medgen.data.synthesis import render_volume
     from medgen.errors import InputError, OutputError
-    from medgen.io.atomic import ensure_writable_dir, write_text_atomic
+    from medgen.io.atomic import write_text_atomic
+    from medgen.io.outdir import claim_output_dir
     from medgen.io.writers import write_volume
     from medgen.progress import progress
     from medgen.tracking import start_run, write_run_info
@@ -41,14 +42,18 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
         raise InputError("no label maps found", path=str(labels[0]), fix="pass label map files or folders")
     pairs = pair_inputs(collect_inputs(cts), label_cases) if cts else [(None, c) for c in label_cases]
     names = read_label_names(label_names) if label_names else None
-    output = ensure_writable_dir(output)
+    output = Path(output)
     if (output / "datalist.json").exists():
         raise OutputError("already holds rendered volumes (datalist.json)", path=output,
                           fix="choose a new output folder; medgen never overwrites generated data")
-    (output / "images").mkdir(exist_ok=True)
-    (output / "labels").mkdir(exist_ok=True)
     entries = []
-    with start_run("synthesize", output_dir=output, enabled=mlflow) as tracker:
+    # the shared output-folder claim: outside the inputs, locked, and every file written is checked
+    # against the ownership ledger (a user's label_names.json or picture of the same name is refused)
+    with claim_output_dir(output, inputs=[*labels, *(cts or [])], command="medgen synthesize",
+                          outputs=("datalist.json", "label_names.json", "qc_synthesized.png")), \
+            start_run("synthesize", output_dir=output, enabled=mlflow) as tracker:
+        (output / "images").mkdir(exist_ok=True)
+        (output / "labels").mkdir(exist_ok=True)
         tracker.log_config(config)
         tracker.log_params({"n": n, "n_label_maps": len(pairs), "with_ct": bool(cts)})
         current, case = None, None

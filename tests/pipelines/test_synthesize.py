@@ -54,3 +54,16 @@ def test_synthesize_without_labels_found_is_one_line(tmp_path, capsys):
                  "--no-mlflow", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0] and "empty" in err[0] and "Fix:" in err[0]
+
+
+def test_synthesize_never_replaces_a_users_file_in_the_output_folder(tmp_path, capsys):
+    _, lab, ct, names = _case(tmp_path)
+    out = tmp_path / "renders"
+    out.mkdir()
+    mine = out / "label_names.json"
+    mine.write_text("my notes")
+    code = main(["synthesize", "--labels", str(lab), "--ct", str(ct), "--label-names", str(names), "-n", "1",
+                 "-o", str(out), "--no-mlflow", "-q"])
+    assert code == 2 and mine.read_text() == "my notes"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label_names.json" in err[0]
