@@ -209,7 +209,8 @@ def run(out: Path, data: Path, seg_steps: int, tr_steps: int, device: str, mlflo
     from medgen.pipelines.segment_mr import ChainOptions, segment_mr
     from medgen.pipelines.train_segmenter import train_segmenter
     from medgen.pipelines.train_translator import train_translator
-    from medgen.training.segmenter import SegmenterConfig, plan_labels, read_label_names
+    from medgen.data.label_names import read_label_names
+    from medgen.training.segmenter import SegmenterConfig, plan_labels
     from medgen.training.translator import TranslatorConfig
 
     ts = data / "totalsegmentator"

@@ -43,7 +43,8 @@ def run(out: Path, data: Path, steps: int, overrides: list[str], device: str) ->
     from medgen.models.segmenters import load_segmenter
     from medgen.pipelines.segment_mr import ChainOptions, segment_mr
     from medgen.pipelines.train_segmenter import train_segmenter
-    from medgen.training.segmenter import SegmenterConfig, plan_labels, read_label_names
+    from medgen.data.label_names import read_label_names
+    from medgen.training.segmenter import SegmenterConfig, plan_labels
 
     ts = data / "totalsegmentator"
     names_ref = f"{ts / 'class_map_total_and_total_mr.json'}#total"

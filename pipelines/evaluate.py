@@ -66,7 +66,7 @@ def _on_grid(pred: Volume, ref: Volume, *, order: int) -> tuple[Volume, bool]:
 def load_label_names(ref: str | Path | None, volume_path: str | Path) -> dict[int, str] | None:
     """Names from ``--*-labels`` (JSON id->name, ``FILE#KEY``, or a ``.labels.json`` written by segment-mr),
     else a ``<mask>.labels.json`` beside the volume, else None."""
-    from medgen.training.segmenter import read_label_names
+    from medgen.data.label_names import read_label_names
     if ref is None:
         from medgen.pipelines.segment_mr import labels_json_path
         side = labels_json_path(Path(volume_path))

@@ -29,7 +29,7 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
         device, precision: inference device and precision.
     """
     from medgen.inference.generate import AnatomyGenerator, generate_dataset
-    from medgen.pipelines.train_generator import read_label_names
+    from medgen.data.label_names import read_label_names
     from medgen.tracking import start_run, write_run_info
 
     output = Path(output)
@@ -74,7 +74,7 @@ def realism_report(generated: str | Path, real_images: list[str | Path], real_la
     Args:
         generated: a folder written by :func:`generate` (``datalist.json``, ``label_names.json``).
         real_images, real_labels: real images and label maps with the same label ids (files or
-            folders, paired by case id, else by position).
+            folders, paired by case id: :func:`medgen.data.inputs.pair_inputs`).
         ct_window: HU window used to bring CT into the unit range for the Frechet distance.
 
     Returns:
@@ -85,7 +85,8 @@ def realism_report(generated: str | Path, real_images: list[str | Path], real_la
 
     import numpy as np
 
-    from medgen.data.label_image_pairs import hu_to_unit, mr_robust_max, pair_inputs
+    from medgen.data.inputs import collect_pairs
+    from medgen.data.label_image_pairs import hu_to_unit, mr_robust_max
     from medgen.io.readers import read_volume
     from medgen.metrics.realism import frechet_distance, per_label_wasserstein
 
@@ -95,8 +96,8 @@ def realism_report(generated: str | Path, real_images: list[str | Path], real_la
     modality = datalist.get("modality", "ct")
     fake = [(read_volume(generated / e["image"]).array, read_volume(generated / e["label"], kind="label").array)
             for e in datalist["training"]]
-    real = [(read_volume(i).array, read_volume(lab, kind="label").array)
-            for _, i, lab in pair_inputs(real_images, real_labels)]
+    real = [(read_volume(i.path).array, read_volume(lab.path, kind="label").array)
+            for i, lab in collect_pairs(real_images, real_labels)]
 
     def unit(array: np.ndarray) -> np.ndarray:
         if modality == "ct":

@@ -28,25 +28,21 @@ node, each with its own OUT_DIR; the manifests can be concatenated.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medgen.data.inputs import CaseInput, collect_inputs
+from medgen.data.inputs import CaseInput, collect_inputs, pair_inputs
 from medgen.data.manifest import Manifest, content_hash
 from medgen.errors import InputError, MedgenError
-from medgen.io.volume import case_id_from_path
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 #: Seconds between full rewrites of manifest.csv (each finished case is journaled at once).
 SAVE_EVERY_S = 5.0
-#: Suffixes ignored when pairing an image with its label map by case id.
-PAIRING_SUFFIXES = ("_ct", "_mr", "_image", "_img", "_seg", "_segmentation", "_labels", "_label", "_mask")
 
 
 @dataclass
@@ -75,119 +71,28 @@ class PreprocessSummary:
 # Inputs
 # ----------------------------------------------------------------------------------------------
 
-def gather_cases(inputs: list[str | Path]) -> list[CaseInput]:
-    """Cases for INPUT arguments: files, folders, DICOM series folders or CSV case lists.
+def gather_cases(inputs: list[str | Path],
+                 labels: list[str | Path] | None = None) -> tuple[list[CaseInput], dict[str, Path]]:
+    """Source cases of INPUT arguments and the label map of each case that has one.
 
-    A CSV input lists cases to preprocess (columns ``source_path`` or ``path``, optional
-    ``case_id`` and ``label_path``; a manifest written by ``medgen preprocess`` also works and
-    re-reads its sources). When several file inputs share a file name (``case1/ct.nii.gz``,
-    ``case2/ct.nii.gz``), each case is named after its folder.
+    Inputs are collected as sources (:func:`medgen.data.inputs.collect_inputs` with
+    ``sources=True``: CSV case lists, same-named files named after their folder); label maps are
+    paired by case id (:func:`medgen.data.inputs.pair_inputs`; not every image needs one), and a
+    CSV row's ``label_path`` is used for its case when no label map was passed for it.
 
     Raises:
-        InputError: no inputs, a missing path, an empty folder, an unreadable CSV.
+        InputError: no inputs, a missing path, an empty folder, an unreadable CSV, a label map
+            that pairs with no image (or two with one).
     """
     if not inputs:
         raise InputError("no INPUT given", fix="pass volume files, folders, DICOM series folders or a CSV")
-    cases: list[CaseInput] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir() and not any(not p.name.startswith(".") for p in path.iterdir()):
-            raise InputError("is an empty folder", path=path, fix="pass a folder holding volumes or a DICOM series")
-        if path.is_file() and path.suffix.lower() == ".csv":
-            cases += _cases_from_csv(path)
-        else:
-            cases += collect_inputs([path])
-    return _unique(_name_by_folder(cases))
-
-
-def _cases_from_csv(path: Path) -> list[CaseInput]:
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot be read as a CSV ({exc})", path=path, fix="pass a CSV with a source_path column") from exc
-    if rows and not ({"source_path", "path"} & set(rows[0])):
-        raise InputError("is a CSV without a 'source_path' (or 'path') column", path=path,
-                         fix="list one case per row with a source_path column (optional case_id, label_path)")
-    cases = []
-    for row in rows:
-        source = Path(row.get("source_path") or row.get("path") or "")
-        if not source.is_absolute():
-            source = path.parent / source
-        case_id = case_id_from_path(row.get("case_id") or source)
-        # a medgen manifest keeps the source label in label_source_path (label_path is its output)
-        label = row.get("label_source_path") if "label_source_path" in row else row.get("label_path")
-        if label and not Path(label).is_absolute():
-            label = str(path.parent / label)
-        cases.append(CaseInput(case_id, source, row={"label_path": label or None}))
-    return cases
-
-
-def _name_by_folder(cases: list[CaseInput]) -> list[CaseInput]:
-    """Files with the same name in different folders are named after their folder."""
-    names: dict[str, int] = {}
-    for case in cases:
-        if case.path.is_file():
-            names[case.path.name] = names.get(case.path.name, 0) + 1
-    out = []
-    for case in cases:
-        if case.path.is_file() and names.get(case.path.name, 0) > 1 and case.row is None:
-            case = CaseInput(case_id_from_path(case.path.parent), case.path, case.preprocessed, case.row)
-        out.append(case)
-    return out
-
-
-def _unique(cases: list[CaseInput]) -> list[CaseInput]:
-    seen: dict[str, int] = {}
-    out = []
-    for case in cases:
-        n = seen.get(case.case_id, 0) + 1
-        seen[case.case_id] = n
-        out.append(case if n == 1 else CaseInput(f"{case.case_id}_{n}", case.path, case.preprocessed, case.row))
-    return out
-
-
-def pairing_key(case_id: str) -> str:
-    """Case id without a trailing role suffix (``_ct``, ``_seg``, ``_labels``...), for pairing.
-
-    Examples:
-        >>> pairing_key("patient7_seg"), pairing_key("patient7_ct"), pairing_key("patient7")
-        ('patient7', 'patient7', 'patient7')
-    """
-    key = case_id
-    changed = True
-    while changed:
-        changed = False
-        for suffix in PAIRING_SUFFIXES:
-            if key.lower().endswith(suffix) and len(key) > len(suffix):
-                key, changed = key[: -len(suffix)], True
-    return key
-
-
-def pair_labels(cases: list[CaseInput], labels: list[str | Path]) -> dict[str, Path]:
-    """Label map path per image case id, matched by :func:`pairing_key`.
-
-    Raises:
-        InputError: a label map matches no image, or two label maps match one image.
-    """
-    by_key: dict[str, list[str]] = {}
-    for case in cases:
-        by_key.setdefault(pairing_key(case.case_id), []).append(case.case_id)
-    paired: dict[str, Path] = {}
-    for label in gather_cases(labels) if labels else []:
-        matches = by_key.get(pairing_key(label.case_id), [])
-        if len(matches) != 1:
-            raise InputError(f"label map '{label.case_id}' matches {len(matches)} image cases", path=label.path,
-                             fix="name label maps like their images (e.g. case7.nii.gz + case7_seg.nii.gz, or "
-                                 "case7/ct.nii.gz + case7/labels.nii.gz)")
-        if matches[0] in paired:
-            raise InputError(f"a second label map for case '{matches[0]}'", path=label.path,
-                             fix="pass one label map per image")
-        paired[matches[0]] = label.path
+    cases = collect_inputs(inputs, sources=True)
+    label_cases = collect_inputs(labels, sources=True) if labels else []
+    paired = {img.case_id: lab.path for img, lab in pair_inputs(cases, label_cases, every_image=False)}
     for case in cases:
         if case.row and case.row.get("label_path") and case.case_id not in paired:
             paired[case.case_id] = Path(case.row["label_path"])
-    return paired
+    return cases, paired
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +221,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
         workers: parallel worker processes (1 = in this process).
         overwrite: replace existing files in ``output_dir`` that medgen did not write (the user's own).
         series_uid: the series to read from DICOM folders holding several.
-        labels: label-map files/folders, paired with images by case id (:func:`pair_labels`).
+        labels: label-map files/folders, paired with images by case id (:func:`gather_cases`).
         mlflow: log one MLflow run.
         executor: ``local`` (this process or a pool of ``workers``) or ``dask://HOST:PORT``.
 
@@ -336,8 +241,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     if modality is None and config is None:
         raise InputError("the modality is not known", path="--modality", fix="pass --modality ct or --modality mr")
     cfg = load_preprocess_config(config, modality, overrides)
-    cases = gather_cases(inputs)
-    label_paths = pair_labels(cases, labels or [])
+    cases, label_paths = gather_cases(inputs, labels)
     if not cases:
         raise InputError("no volumes found in the inputs", path=", ".join(str(i) for i in inputs),
                          fix="pass volume files, folders of volumes or DICOM series folders")

@@ -25,7 +25,8 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
                cts: list[str | Path] | None = None, label_names: str | Path | None = None,
                mlflow: bool = True) -> Path:
     """Write ``n`` rendered ``(image, label)`` pairs into ``output``; returns ``output/datalist.json``."""
-    from medgen.data.inputs import collect_inputs
+    from medgen.data.inputs import collect_inputs, pair_inputs
+    from medgen.data.label_names import read_label_names
     from medgen.data.synthesis import render_volume
     from medgen.errors import InputError, OutputError
     from medgen.io.atomic import write_text_atomic
@@ -33,7 +34,6 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
     from medgen.io.writers import write_volume
     from medgen.progress import progress
     from medgen.tracking import start_run, write_run_info
-    from medgen.training.segmenter import pair_inputs, read_label_names
 
     if n < 1:
         raise InputError(f"-n must be at least 1, got {n}", path="-n", fix="pass -n N with N >= 1")

@@ -19,25 +19,6 @@ from medgen.training.generator import GeneratorConfig
 log = logging.getLogger(__name__)
 
 
-def read_label_names(ref: str | Path | dict | None) -> dict[int, str]:
-    """``{id: name}`` from a dict or a JSON file (``FILE#KEY`` picks one entry of a class map)."""
-    if ref is None:
-        return {}
-    if isinstance(ref, dict):
-        return {int(k): str(v) for k, v in ref.items()}
-    try:
-        from medgen.training.segmenter import read_label_names as shared_reader
-    except ImportError:  # pragma: no cover - the segmenter's reader is the shared format
-        shared_reader = None
-    if shared_reader is not None:
-        return shared_reader(ref)
-    try:
-        return {int(k): str(v) for k, v in json.loads(Path(ref).read_text()).items()}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"cannot be read as a label-name JSON ({exc})", path=ref,
-                         fix='write {"1": "liver", "2": "spleen", ...}') from exc
-
-
 def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels: list[str | Path],
                     output: str | Path, label_names: str | Path | dict | None = None, max_steps: int | None = None,
                     resume: bool = False, device: str = "auto", mlflow: bool = True) -> Path:
@@ -46,13 +27,15 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     Args:
         config: the resolved :class:`~medgen.training.generator.GeneratorConfig`.
         images, labels: paired images (CT in HU or MR) and label maps (files, folders, manifests),
-            paired by case id, else by position.
+            paired by case id (:func:`medgen.data.inputs.pair_inputs`).
         output: run folder (checkpoints, metrics.jsonl, samples/, bundle/, MLflow store by default).
         label_names: id -> name (dict or JSON file); default ``label_<id>``.
         max_steps: override ``train.steps``.
         resume: continue from the newest checkpoint in ``output``.
     """
-    from medgen.data.label_image_pairs import load_pairs, pair_inputs
+    from medgen.data.inputs import collect_pairs
+    from medgen.data.label_image_pairs import load_pairs
+    from medgen.data.label_names import read_label_names
     from medgen.runtime import resolve_device, seed_everything
     from medgen.tracking import start_run, write_run_info
     from medgen.training import distributed
@@ -69,8 +52,8 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     distributed.init_distributed(dev)
     seed_everything(config.train.seed + distributed.rank())
     names = read_label_names(label_names)
-    triples = pair_inputs(images, labels)
-    pairs = load_pairs(images, labels, spacing=config.data.spacing)
+    cases = collect_pairs(images, labels)
+    pairs = load_pairs(cases, spacing=config.data.spacing)
     for pair in pairs:
         log.info("case %s: grid %s spacing %s", pair.case_id, pair.image.shape,
                  tuple(round(s, 2) for s in pair.image.spacing))
@@ -87,7 +70,7 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
                             validate_every=config.train.validate_every, log_every=config.train.log_every)
     manifest = output / "training_cases.csv"
     if distributed.is_main_process():
-        rows = ["case_id,image,label"] + [f"{c},{i},{lab}" for c, i, lab in triples]
+        rows = ["case_id,image,label"] + [f"{i.case_id},{i.path},{lab.path}" for i, lab in cases]
         manifest.write_text("\n".join(rows) + "\n")
     bundle_dir = output / "bundle"
     with start_run("train_generator", output_dir=output, enabled=mlflow) as tracker:

@@ -44,7 +44,7 @@ def train_segmenter(
     Args:
         config: the resolved training config.
         images, labels: CT inputs and their label maps (files, folders or manifests), paired by
-            case id or by position.
+            case id (:func:`medgen.data.inputs.pair_inputs`).
         output: run folder (checkpoints, metrics, bundle, MLflow store by default).
         label_names: id -> name mapping or JSON file (``FILE#KEY`` for one entry of a class map);
             default: ``label_<id>`` for every id found.
@@ -57,14 +57,15 @@ def train_segmenter(
         max_steps: override ``train.steps``.
         resume: continue from the newest checkpoint in ``output``.
     """
-    from medgen.data.inputs import collect_inputs
+    from medgen.data.inputs import collect_inputs, pair_inputs
+    from medgen.data.label_names import read_label_names
     from medgen.io.readers import read_volume
     from medgen.models.bundle import BundleSpec, save_bundle
     from medgen.runtime import resolve_device, seed_everything
     from medgen.tracking import start_run, write_run_info
     from medgen.training import distributed
     from medgen.training.loop import LoopSettings, run_training
-    from medgen.training.segmenter import SegmenterTask, input_spec, pair_inputs, plan_labels, read_label_names
+    from medgen.training.segmenter import SegmenterTask, input_spec, plan_labels
 
     if max_steps is not None:
         from medgen.config import with_value
@@ -85,9 +86,7 @@ def train_segmenter(
                    if synthetic_images else [])
     if config.data.real_fraction is not None and not synth_pairs:
         log.warning("data.real_fraction=%s has no effect without synthetic cases", config.data.real_fraction)
-    if isinstance(label_names, dict):
-        source_names = {int(k): str(v) for k, v in label_names.items()}
-    elif label_names:
+    if label_names:
         source_names = read_label_names(label_names)
     else:  # no names given: name every id found in the label maps label_<id>
         ids = set()

@@ -47,14 +47,14 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig,
 
     Preprocessed manifest rows are used directly; a CT preprocessed with another HU window than
     the translator's is re-windowed (read from its record), so the network's output range always
-    means the translator's window. ``labels`` (label maps paired with the inputs by case id or
-    position) are carried through the same preprocessing (nearest neighbour).
+    means the translator's window. ``labels`` (label maps paired with the inputs by case id,
+    :func:`medgen.data.inputs.pair_inputs`) are carried through the same preprocessing (nearest neighbour).
 
     Raises:
         InputError: no cases, a preprocessed case whose record does not match (spacing), or a
             label map that does not pair with (or lie on the grid of) its image.
     """
-    from medgen.data.inputs import collect_inputs
+    from medgen.data.inputs import collect_inputs, pair_inputs
     from medgen.data.sampling import body_mask
     from medgen.io.readers import read_volume
     from medgen.progress import progress
@@ -67,7 +67,6 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig,
     recipe = getattr(config.preprocess, modality)
     label_of = {}
     if labels:
-        from medgen.training.segmenter import pair_inputs
         label_of = {img.case_id: lab for img, lab in pair_inputs(cases, collect_inputs([str(i) for i in labels]))}
     out = []
     for case in progress(cases, desc=f"load {modality}", unit="case"):

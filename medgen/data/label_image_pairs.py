@@ -1,6 +1,6 @@
 """Paired (image, label map) data for anatomy generators: loading, label channels, intensities, patches.
 
-* :func:`load_pairs` reads image/label files, pairs them (by case id, else by order), reorients
+* :func:`load_pairs` reads image/label files (paired by :func:`medgen.data.inputs.pair_inputs`), reorients
   both to RAS (so slice-wise 2D/2.5D models always slice axially), optionally resamples to a
   training spacing and puts each label map on its image's grid through world coordinates.
 * :class:`LabelChannels` maps arbitrary label ids (FreeSurfer ids go up to 5xx) to contiguous
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,8 +24,6 @@ from medgen.errors import InputError
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.readers import read_volume
 from medgen.io.volume import Volume
-
-log = logging.getLogger(__name__)
 
 try:  # the preprocessing engineer's CT window mapping (same formula as the fallback below)
     from medgen.transforms.intensity import hu_to_unit, unit_to_hu
@@ -127,26 +124,6 @@ def mr_robust_max(array: np.ndarray, percentile: float = 99.5) -> float:
     return float(np.percentile(values, percentile)) if values.size else 1.0
 
 
-def pair_inputs(images: Sequence, labels: Sequence) -> list[tuple[str, object, object]]:
-    """Pair collected image and label cases by case id, else by order (equal counts).
-
-    Returns:
-        ``(case_id, image_path, label_path)`` triples.
-    """
-    from medgen.data.inputs import collect_inputs
-    img_cases, lbl_cases = collect_inputs(list(images)), collect_inputs(list(labels))
-    if not img_cases:
-        raise InputError("no images given", fix="pass --images FILE_OR_FOLDER ...")
-    by_id = {c.case_id: c for c in lbl_cases}
-    if all(c.case_id in by_id for c in img_cases) and len(img_cases) == len(lbl_cases):
-        return [(c.case_id, c.path, by_id[c.case_id].path) for c in img_cases]
-    if len(img_cases) != len(lbl_cases):
-        raise InputError(f"{len(img_cases)} images but {len(lbl_cases)} label maps", path=str(labels[0]),
-                         fix="pass one label map per image (paired by case id, else by order)")
-    log.info("pairing %d images with label maps by order (case ids differ)", len(img_cases))
-    return [(i.case_id, i.path, lab.path) for i, lab in zip(img_cases, lbl_cases)]
-
-
 def prepare_pair(case_id: str, image: Volume, label: Volume, *, spacing: Sequence[float] | None = None) -> Pair:
     """Reorient to RAS, resample to ``spacing`` (if given) and put the label on the image grid."""
     image = reorient(image, "RAS")
@@ -158,13 +135,17 @@ def prepare_pair(case_id: str, image: Volume, label: Volume, *, spacing: Sequenc
         np.rint(label.array).astype(np.int64)))
 
 
-def load_pairs(images: Sequence, labels: Sequence, *, spacing: Sequence[float] | None = None) -> list[Pair]:
-    """Read, pair and prepare training pairs (see :func:`prepare_pair`)."""
+def load_pairs(cases: Sequence, *, spacing: Sequence[float] | None = None) -> list[Pair]:
+    """Read and prepare training pairs (see :func:`prepare_pair`).
+
+    Args:
+        cases: ``(image, label)`` case pairs from :func:`medgen.data.inputs.pair_inputs`.
+    """
     pairs = []
-    for case_id, img_path, lbl_path in pair_inputs(images, labels):
-        image = read_volume(img_path, kind="image")
-        label = read_volume(lbl_path, kind="label")
-        pairs.append(prepare_pair(case_id, image, label, spacing=spacing))
+    for img_case, lbl_case in cases:
+        image = read_volume(img_case.path, kind="image")
+        label = read_volume(lbl_case.path, kind="label")
+        pairs.append(prepare_pair(img_case.case_id, image, label, spacing=spacing))
     return pairs
 
 

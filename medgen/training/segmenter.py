@@ -26,10 +26,8 @@ drift apart.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -190,37 +188,6 @@ def build_network(config: SegmenterConfig, n_classes: int) -> tuple[torch.nn.Mod
 # labels
 # ---------------------------------------------------------------------------------------------
 
-def read_label_names(ref: str | Path) -> dict[int, str]:
-    """An id -> name JSON, or one entry of a class-map file written as ``FILE#KEY``.
-
-    ``{"1": "spleen", ...}`` is used as is; a file whose values are all mappings (e.g.
-    TotalSegmentator's class map with ``total`` and ``total_mr``) needs ``#KEY``.
-    """
-    text = str(ref)
-    key = None
-    if "#" in text and not Path(text).exists():
-        text, key = text.rsplit("#", 1)
-    path = Path(text)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot be read as a label-name JSON ({exc})", path=path,
-                         fix='write {"1": "liver", "2": "spleen", ...}') from exc
-    if key is not None:
-        if key not in data:
-            raise InputError(f"has no entry '{key}'", path=path, fix=f"use one of: {', '.join(map(str, data))}")
-        data = data[key]
-    elif data and all(isinstance(v, dict) for v in data.values()):
-        raise InputError("holds several label maps", path=path,
-                         fix=f"choose one with {path}#KEY, KEY one of: {', '.join(map(str, data))}")
-    try:
-        names = {int(k): str(v) for k, v in data.items()}
-    except (ValueError, AttributeError) as exc:
-        raise InputError("label-name keys must be integer ids", path=path, fix='write {"1": "liver", ...}') from exc
-    names.setdefault(0, "background")
-    return names
-
-
 @dataclass(frozen=True)
 class LabelPlan:
     """How source label ids become training classes.
@@ -331,17 +298,6 @@ def body_quantiles(hu: np.ndarray, threshold: float = -500.0, n: int = 101) -> n
     if values.size == 0:
         values = hu.ravel()
     return np.quantile(values, np.linspace(0, 1, n)).astype(np.float64)
-
-
-def pair_inputs(images: list, labels: list) -> list[tuple]:
-    """Pair image and label cases by case id when every image has a same-named label, else by position."""
-    by_id = {c.case_id: c for c in labels}
-    if all(c.case_id in by_id for c in images) and len(labels) == len(images):
-        return [(c, by_id[c.case_id]) for c in images]
-    if len(images) != len(labels):
-        raise InputError(f"{len(images)} images but {len(labels)} label maps", path="--labels",
-                         fix="pass one label map per image, in the same order or with the same case ids")
-    return list(zip(images, labels))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ def _write_bad(tmp: Path, kind: str, paths: dict[str, Path]) -> tuple[list[str],
         (tmp / "empty").mkdir()
         argv = [*seg_mr, "--segmenter", str(paths["oracle"])]
         argv[argv.index(str(paths["mr"]))] = str(tmp / "empty")
-        return argv, out / "mask.nii.gz", ("empty", "is empty")
+        return argv, out / "mask.nii.gz", ("empty", "is an empty folder")
     if kind == "config with an unknown key":
         (tmp / "bad.yaml").write_text("model:\n  featurez: 8\n")
         return (["train", "translator", "-c", str(tmp / "bad.yaml"), "--mr", str(paths["mr"]), "--ct", str(paths["ct"]),

@@ -64,9 +64,10 @@ def test_generated_pairs_share_geometry_and_come_with_names_and_a_datalist(ct_bu
     assert datalist["training"][1] == {"image": "images/synth_0001.nii.gz", "label": "labels/synth_0001.nii.gz"}
     assert datalist["label_names"] == names
     # the image and label folders pair up by case id, as `medgen train segmenter --images --labels` pairs them
-    from medgen.data.label_image_pairs import pair_inputs
-    triples = pair_inputs([tmp_path / "out" / "images"], [tmp_path / "out" / "labels"])
-    assert [(c, i.name, lab.name) for c, i, lab in triples][0] == ("synth_0000", "synth_0000.nii.gz", "synth_0000.nii.gz")
+    from medgen.data.inputs import collect_pairs
+    pairs = collect_pairs([tmp_path / "out" / "images"], [tmp_path / "out" / "labels"])
+    assert [(i.case_id, i.path.name, lab.path.name) for i, lab in pairs][0] == (
+        "synth_0000", "synth_0000.nii.gz", "synth_0000.nii.gz")
 
 
 def test_same_seed_same_volumes_and_new_seed_new_anatomy(ct_bundle, tmp_path):

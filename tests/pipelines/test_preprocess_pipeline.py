@@ -20,7 +20,7 @@ from medgen.data.manifest import Manifest
 from medgen.data.phantoms import make_phantom
 from medgen.errors import InputError, OutputError
 from medgen.io.readers import read_volume
-from medgen.pipelines.preprocess import gather_cases, pair_labels, run_preprocess
+from medgen.pipelines.preprocess import gather_cases, run_preprocess
 from medgen.transforms.recipes import invert
 
 SHAPE = (40, 36, 16)
@@ -160,9 +160,9 @@ def test_cases_named_by_folder_and_paired_with_labels(tmp_path):
         p = make_phantom(i, shape=(24, 24, 12))
         write_nifti(tmp_path / f"case{i}" / "ct.nii.gz", p.ct, p.affine)
         write_nifti(tmp_path / f"case{i}" / "labels.nii.gz", p.labels, p.affine)
-    cases = gather_cases([tmp_path / "case0" / "ct.nii.gz", tmp_path / "case1" / "ct.nii.gz"])
+    cases, paired = gather_cases([tmp_path / "case0" / "ct.nii.gz", tmp_path / "case1" / "ct.nii.gz"],
+                                 [tmp_path / f"case{i}" / "labels.nii.gz" for i in range(2)])
     assert [c.case_id for c in cases] == ["case0", "case1"]
-    paired = pair_labels(cases, [tmp_path / f"case{i}" / "labels.nii.gz" for i in range(2)])
     assert paired == {f"case{i}": tmp_path / f"case{i}" / "labels.nii.gz" for i in range(2)}
     # a CSV case list (relative paths, optional labels)
     (tmp_path / "cases.csv").write_text("case_id,source_path,label_path\nA,case0/ct.nii.gz,case0/labels.nii.gz\n"

@@ -7,12 +7,13 @@ import pytest
 
 from medgen.config import load_config
 from medgen.data.phantoms import make_phantom
+from medgen.data.label_names import read_label_names
 from medgen.errors import InputError
 from medgen.io.geometry import reorient
 from medgen.io.volume import Volume
 from medgen.io.writers import write_volume
 from medgen.training.segmenter import (SegmenterConfig, align_label, augment_intensity, augment_label_intensity,
-                                       plan_labels, read_label_names)
+                                       plan_labels)
 
 TINY = ["data.patch_size=[32,32,16]", "network.channels=[4,8]", "network.strides=[2]", "data.spacing=[4,4,6]",
         "train.validate_every=4", "train.checkpoint_every=4", "train.log_every=2"]
