@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +35,10 @@ class StrictModel(BaseModel):
     and no float may be NaN or infinite (``lr=nan`` is refused before a run exists)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+    #: keys that moved, old dotted key -> new one: an old key in a user's YAML or ``--set`` is one
+    #: clear error saying where it went (instead of "unknown key" and a list of every key)
+    moved_keys: ClassVar[dict[str, str]] = {}
 
 
 def shipped_config_names() -> list[str]:
@@ -79,6 +83,9 @@ def apply_override(data: dict, assignment: str, schema: type[BaseModel], source:
                           fix="write e.g. --set train.lr=0.0002")
     key, raw = assignment.split("=", 1)
     key = key.strip()
+    if key in schema.moved_keys:
+        new = schema.moved_keys[key]
+        raise ConfigError(f"'{key}' has moved to '{new}'", path=source, fix=f"write {new}={raw.strip() or 'VALUE'}")
     valid = dotted_keys(schema)
     if key not in valid and not any(v.startswith(key + ".") for v in valid):
         raise ConfigError(f"unknown config key '{key}'", path=source, fix="valid keys: " + ", ".join(valid))
@@ -97,6 +104,7 @@ def apply_override(data: dict, assignment: str, schema: type[BaseModel], source:
 
 def validate(data: dict, schema: type[T], source: str) -> T:
     """Validate a dict against ``schema``, turning pydantic's report into one clear ConfigError."""
+    _refuse_moved_keys(data, schema, source)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -112,6 +120,19 @@ def validate(data: dict, schema: type[T], source: str) -> T:
                 problems.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid config: " + "; ".join(problems), path=source,
                           fix="valid keys: " + ", ".join(dotted_keys(schema))) from exc
+
+
+def _refuse_moved_keys(data: dict, schema: type[BaseModel], source: str) -> None:
+    """A key of ``schema.moved_keys`` still in ``data`` is a ConfigError naming its new place."""
+    for old, new in getattr(schema, "moved_keys", {}).items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            section, _, name = new.rpartition(".")
+            where = f"under '{section}:' as '{name}:'" if section else f"to the top level as '{name}:'"
+            raise ConfigError(f"'{old}' has moved to '{new}'", path=source, fix=f"move it {where}")
 
 
 def load_config(ref: str | Path | None, schema: type[T], *, default: str,

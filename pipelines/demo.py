@@ -270,7 +270,7 @@ def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, prepr
     from medgen.pipelines.train_translator import train_translator
     from medgen.training.translator import TranslatorConfig
     stage = cfg.translator
-    overrides = [f"seed={cfg.seed}", *stage.overrides]
+    overrides = [f"train.seed={cfg.seed}", *stage.overrides]
     if cfg.translator_shape_consistency and segmenter_dir:
         overrides.append(f"loss.shape_segmenter={segmenter_dir}")
     config = load_config(stage.config, TranslatorConfig, default=stage.config, overrides=overrides)

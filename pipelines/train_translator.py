@@ -295,7 +295,7 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
         if distributed.is_main_process():  # one writer under torchrun
             inputs_csv = _write_inputs_csv(run_dir / "inputs.csv", {"mr": mr, "ct": ct})
             tracker.log_manifest(inputs_csv, "translator-inputs")
-        seed_everything(config.seed)
+        seed_everything(config.train.seed)
         common = dict(mr_masks=[v.mask for v in mr], ct_masks=[v.mask for v in ct], device=dev, precision=dtype,
                       paired=paired, segmenter=segmenter, run_dir=run_dir, tracker=tracker)
         if config.objective == "synth":

@@ -46,7 +46,7 @@ def run(args) -> int:
 
     overrides = list(args.overrides)
     if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
+        overrides.append(f"train.seed={args.seed}")
     config = load_config(args.config, TranslatorConfig, default=DEFAULT_CONFIG, overrides=overrides)
     if bool(args.val_mr) != bool(args.val_ct):
         raise InputError("--val-mr and --val-ct must be given together", fix="pass both, paired in the same order")

@@ -51,7 +51,8 @@ Examples:
     >>> torch.manual_seed(0) and None
     >>> g = lambda: ResnetGenerator(spatial_dims=2, features=4, n_blocks=1)
     >>> d = lambda: PatchDiscriminator(spatial_dims=2, channels=4, in_channels=1, norm="INSTANCE")
-    >>> obj = CycleGANObjective(g(), g(), d(), d(), pool_size=4)
+    >>> from medgen.training.translator import LossConfig
+    >>> obj = CycleGANObjective(g(), g(), d(), d(), weights=LossConfig(pool_size=4))
     >>> mr, ct = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
     >>> losses, images = obj.generator_loss(mr, ct)
     >>> sorted(k for k in losses if k.startswith("cycle"))
@@ -63,7 +64,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,21 @@ from medgen.objectives.image_pool import ImagePool
 from medgen.training.distributed import unwrap
 
 __all__ = ["CycleGANObjective", "lsgan_loss", "quantile_distance", "segment_probabilities"]
+
+
+class LossWeights(Protocol):
+    """The weights :class:`CycleGANObjective` reads (the translator config's ``loss`` section has them)."""
+
+    lambda_cycle: float
+    lambda_identity: float
+    pool_size: int
+    lambda_structure: float
+    lambda_shape: float
+    lambda_air: float
+    lambda_histogram: float
+    lambda_class_intensity: float
+    lambda_seg_adv: float
+    cycle_noise: float
 
 
 def _score(discriminator: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -95,21 +111,19 @@ class CycleGANObjective(nn.Module):
         g_mr2ct: G, MR -> CT generator.
         g_ct2mr: F, CT -> MR generator.
         d_ct: D_CT, discriminator on CT; d_mr: D_MR, discriminator on MR.
-        lambda_cycle: cycle weight (10 in CycleGAN).
-        lambda_identity: identity weight relative to ``lambda_cycle`` (0.5 in CycleGAN).
-        pool_size: image pool capacity per direction (50 in CycleGAN; 0 disables).
+        weights: the loss weights, read by name: the translator config's ``loss`` section
+            (:class:`medgen.training.translator.LossConfig`, the one place their defaults live):
+            ``lambda_cycle``, ``lambda_identity`` (relative to ``lambda_cycle``), ``pool_size`` (image
+            pool capacity per direction; 0 disables), ``lambda_structure``, ``lambda_shape``,
+            ``lambda_air`` ("air stays air outside the MR body mask"), ``lambda_histogram``
+            (quantile match of G(x) to real CT in the bodies), ``lambda_class_intensity`` (needs
+            ``segmenter``), ``lambda_seg_adv`` (G's adversarial term against ``d_seg``) and
+            ``cycle_noise`` (std of the noise added to each translation before the cycle's way back;
+            drawn from torch's global RNG, which the training loop checkpoints).
         structure: a loss module ``(a, b, mask) -> scalar`` comparing structure, or None.
-        lambda_structure: its weight.
         segmenter: frozen CT segmenter ``ct -> logits`` (same layout as the CT batches), or None.
-        lambda_shape: weight of the shape-consistency term.
-        lambda_air: weight of the "air stays air outside the MR body mask" term.
-        lambda_histogram: weight of the quantile-matching term between G(x) and real CT in the bodies.
-        lambda_class_intensity: weight of the per-class mean-intensity term (needs ``segmenter``).
         d_seg: the output-space discriminator D_SEG on the segmenter's class probabilities (2.5D
             stacks flattened to ``K * C`` channels), or None.
-        lambda_seg_adv: weight of G's adversarial term against D_SEG.
-        cycle_noise: std of the Gaussian noise added to each translation before the cycle's way
-            back (0 disables; drawn from torch's global RNG, which the training loop checkpoints).
         seed: seed of the image pools' random streams.
         batch_passes: run G on MR and CT (translation + identity) in one concatenated pass, and
             each discriminator on real + fake in one pass, when the networks have no batch
@@ -117,38 +131,35 @@ class CycleGANObjective(nn.Module):
     """
 
     def __init__(self, g_mr2ct: nn.Module, g_ct2mr: nn.Module, d_ct: nn.Module, d_mr: nn.Module, *,
-                 lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
-                 structure: nn.Module | None = None, lambda_structure: float = 1.0,
-                 segmenter: nn.Module | Callable | None = None, lambda_shape: float = 1.0,
-                 lambda_air: float = 0.0, lambda_histogram: float = 0.0, lambda_class_intensity: float = 0.0,
-                 d_seg: nn.Module | None = None, lambda_seg_adv: float = 0.0,
-                 cycle_noise: float = 0.0, seed: int = 0, batch_passes: bool = True):
+                 weights: LossWeights, structure: nn.Module | None = None,
+                 segmenter: nn.Module | Callable | None = None, d_seg: nn.Module | None = None,
+                 seed: int = 0, batch_passes: bool = True):
         super().__init__()
         self.batch_passes = batch_passes
         self.g_mr2ct, self.g_ct2mr, self.d_ct, self.d_mr = g_mr2ct, g_ct2mr, d_ct, d_mr
-        self.lambda_cycle = float(lambda_cycle)
-        self.lambda_identity = float(lambda_identity)
+        self.lambda_cycle = float(weights.lambda_cycle)
+        self.lambda_identity = float(weights.lambda_identity)
         self.structure = structure
-        self.lambda_structure = float(lambda_structure)
-        self.lambda_shape = float(lambda_shape)
-        self.lambda_air = float(lambda_air)
-        self.lambda_histogram = float(lambda_histogram)
-        self.cycle_noise = float(cycle_noise)
+        self.lambda_structure = float(weights.lambda_structure)
+        self.lambda_shape = float(weights.lambda_shape)
+        self.lambda_air = float(weights.lambda_air)
+        self.lambda_histogram = float(weights.lambda_histogram)
+        self.cycle_noise = float(weights.cycle_noise)
         self.segmenter = segmenter
         if isinstance(segmenter, nn.Module):
             segmenter.eval()
             for p in segmenter.parameters():
                 p.requires_grad_(False)
-        self.lambda_class_intensity = float(lambda_class_intensity)
+        self.lambda_class_intensity = float(weights.lambda_class_intensity)
         if self.lambda_class_intensity > 0 and segmenter is None:
             raise ValueError("lambda_class_intensity needs a segmenter (the classes come from it)")
         self.class_intensity = ClassIntensityMatch(segmenter) if self.lambda_class_intensity > 0 else None
         self.d_seg = d_seg
-        self.lambda_seg_adv = float(lambda_seg_adv)
+        self.lambda_seg_adv = float(weights.lambda_seg_adv)
         if d_seg is not None and segmenter is None:
             raise ValueError("d_seg (output-space adversarial term) needs a segmenter")
-        self.pool_ct = ImagePool(pool_size, seed=seed)
-        self.pool_mr = ImagePool(pool_size, seed=seed + 1)
+        self.pool_ct = ImagePool(weights.pool_size, seed=seed)
+        self.pool_mr = ImagePool(weights.pool_size, seed=seed + 1)
 
     def generator_loss(self, real_mr: torch.Tensor, real_ct: torch.Tensor, *, mr_mask: torch.Tensor | None = None,
                        ct_mask: torch.Tensor | None = None, ct_labels: torch.Tensor | None = None

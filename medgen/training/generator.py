@@ -20,16 +20,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.data.label_image_pairs import (IntensityScale, LabelChannels, Pair, PatchSampler, mr_robust_max,
                                            per_label_means)
 from medgen.data.label_sampler import LabelSamplerConfig
-from medgen.errors import ConfigError, InputError
+from medgen.errors import InputError
 from medgen.training import distributed
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,18 @@ class GeneratorInferenceConfig(StrictModel):
 
 
 class GeneratorExportConfig(StrictModel):
-    registered_name: str | None = "medgen-generator"
+    registered_name: str | None = "medgen-generator-ct"
     label_bank_max: int = 64
 
 
 class GeneratorConfig(StrictModel):
-    """The whole ``configs/generator/*.yaml`` schema."""
+    """The whole ``configs/generator/*.yaml`` schema (defaults: the shipped ``generator/label2ct``).
+
+    Constructing it checks the sections against each other (patch size vs network depth, 2.5D
+    context vs dimensionality, CT window), so a config that exists is consistent.
+    """
+
+    moved_keys: ClassVar[dict[str, str]] = {"seed": "train.seed"}
 
     data: GeneratorDataConfig = GeneratorDataConfig()
     network: GeneratorNetworkConfig = GeneratorNetworkConfig()
@@ -104,24 +111,24 @@ class GeneratorConfig(StrictModel):
     loss: GeneratorLossConfig = GeneratorLossConfig()
     train: GeneratorTrainConfig = GeneratorTrainConfig()
     inference: GeneratorInferenceConfig = GeneratorInferenceConfig()
-    sampler: LabelSamplerConfig = LabelSamplerConfig()
+    #: the generator's anatomy sampler: per-structure changes on (LabelSamplerConfig's own defaults: off)
+    sampler: LabelSamplerConfig = LabelSamplerConfig(structure_shift_mm=8.0, structure_scale=0.12)
     export: GeneratorExportConfig = GeneratorExportConfig()
 
-
-def check_config(config: GeneratorConfig) -> None:
-    """Consistency checks pydantic cannot express (raise ConfigError naming the key)."""
-    net, data = config.network, config.data
-    dims = net.spatial_dims
-    if len(data.patch_size) < dims:
-        raise ConfigError(f"data.patch_size needs {dims} sizes for spatial_dims={dims}", path="data.patch_size")
-    divisor = 2 ** (len(net.channels) - 1)
-    if any(p % divisor for p in data.patch_size[:dims]):
-        raise ConfigError(f"data.patch_size must be divisible by {divisor} (2 ** (levels - 1))",
-                          path="data.patch_size", fix=f"use multiples of {divisor}")
-    if net.context_slices and dims != 2:
-        raise ConfigError("network.context_slices (2.5D) needs network.spatial_dims=2", path="network.context_slices")
-    if data.modality == "ct" and not data.ct_window[0] < data.ct_window[1]:
-        raise ConfigError("data.ct_window must be [low, high] with low < high", path="data.ct_window")
+    @model_validator(mode="after")
+    def _check(self):
+        net, data = self.network, self.data
+        dims = net.spatial_dims
+        if len(data.patch_size) < dims:
+            raise ValueError(f"data.patch_size needs {dims} sizes for network.spatial_dims={dims}")
+        divisor = 2 ** (len(net.channels) - 1)
+        if any(p % divisor for p in data.patch_size[:dims]):
+            raise ValueError(f"data.patch_size must be divisible by {divisor} (2 ** (levels of network.channels - 1))")
+        if net.context_slices and dims != 2:
+            raise ValueError("network.context_slices (2.5D) needs network.spatial_dims=2")
+        if data.modality == "ct" and not data.ct_window[0] < data.ct_window[1]:
+            raise ValueError("data.ct_window must be [low, high] with low < high")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +158,6 @@ class GeneratorTask:
         from medgen.networks.spade_generator import SPADEGenerator
         from medgen.objectives.conditional_gan import ConditionalGANObjective
         from medgen.runtime import resolve_precision
-        check_config(config)
         if not pairs:
             raise InputError("no training pairs", fix="pass --images and --labels")
         self.config = config

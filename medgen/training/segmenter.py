@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class AugmentConfig(StrictModel):
     #: per-label intensity shift (SynthSeg-style domain randomisation): each labelled structure of a
     #: patch moves by its own uniform shift in +-``label_shift`` of the [-1, 1] input range (0 = off),
     #: so the model leans on shape and context, not on exact tissue values (synthetic CT's errors)
-    label_shift: float = Field(default=0.0, ge=0.0, le=1.0)
+    label_shift: float = Field(default=0.3, ge=0.0, le=1.0)
 
 
 class SynthConfig(StrictModel):
@@ -130,6 +130,10 @@ class ExportConfig(StrictModel):
 
 
 class SegmenterConfig(StrictModel):
+    """``configs/segmenter/*.yaml``: the defaults are those of the shipped ``segmenter/ct_unet``."""
+
+    moved_keys: ClassVar[dict[str, str]] = {"seed": "train.seed"}
+
     network: NetworkConfig = NetworkConfig()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

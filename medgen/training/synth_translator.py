@@ -100,7 +100,7 @@ class SynthTranslatorTask(TranslatorTask):
             self._init_generator_only(config, device, precision, paired, run_dir, tracker)
             self.rank_local_state_keys = ("synth_sampler",)
         m, d = config.model, config.data
-        seed = config.seed + 1000 * distributed.rank() + 5
+        seed = config.train.seed + 1000 * distributed.rank() + 5
         synth = config.synth
         common = {"spacing": config.preprocess.ct.spacing or (1.0, 1.0, 1.0), "render": synth.render,
                   "dark_classes": dark_classes, "margin": synth.margin, "device": self.device,

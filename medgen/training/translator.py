@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class PreprocessSections(StrictModel):
 class ModelConfig(StrictModel):
     spatial_dims: Literal[2, 3] = 2
     context: int = Field(3, ge=1, description="adjacent slices per 2D sample (1 = 2D, odd k = 2.5D); 1 for 3D")
-    features: int = Field(32, ge=1)
+    features: int = Field(24, ge=1)
     n_down: int = Field(2, ge=1, le=5)
     n_blocks: int = Field(6, ge=0)
     norm: Literal["instance", "batch", "group", "none"] = "instance"
@@ -98,7 +98,7 @@ class ModelConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    patch_size: list[PositiveInt] = Field(default_factory=lambda: [128, 128])
+    patch_size: list[PositiveInt] = Field(default_factory=lambda: [96, 96])
     batch_size: int = Field(2, ge=1)
     foreground_prob: float = Field(0.9, ge=0, le=1)
     intensity_balance: float = Field(0.0, ge=0, le=1, description=(
@@ -110,12 +110,14 @@ class DataConfig(StrictModel):
 
 class LossConfig(StrictModel):
     lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
+    lambda_identity: float = Field(0.0, ge=0, description=(
+        "identity G(CT) ~ CT, relative to lambda_cycle (CycleGAN: 0.5); 0 for MR->CT: it keeps dark MR tissue dark"))
     pool_size: int = 50
     structure: Literal["none", "mind", "gradient_correlation"] = "mind"
     lambda_structure: float = 5.0
     lambda_air: float = 1.0
-    lambda_histogram: float = 0.0
+    lambda_histogram: float = Field(1.0, ge=0, description=(
+        "quantile match of G(MR) to real CT HU in the body; 0 when MR and CT show other anatomy"))
     lambda_class_intensity: float = Field(0.0, ge=0, description=(
         "per-tissue levels: the shape segmenter's classes on G(MR) pulled to their mean HU in real CT "
         "(medgen.objectives.class_intensity); needs shape_segmenter; 0 = off"))
@@ -177,6 +179,7 @@ class SynthConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    seed: int = 0
     steps: int = Field(2000, ge=1)
     lr: PositiveFloat = 2e-4
     beta1: float = 0.5
@@ -200,9 +203,10 @@ class InferenceConfig(StrictModel):
 
 
 class TranslatorConfig(StrictModel):
-    """``configs/translator/*.yaml``."""
+    """``configs/translator/*.yaml``: the defaults are those of the shipped ``translator/cyclegan_25d``."""
 
-    seed: int = 0
+    moved_keys: ClassVar[dict[str, str]] = {"seed": "train.seed"}
+
     objective: Literal["cyclegan", "synth"] = Field("cyclegan", description=(
         "cyclegan: unpaired MR and CT; synth: exact pairs rendered from the CTs (+ CycleGAN terms on real MR "
         "when given)"))
@@ -364,14 +368,10 @@ class TranslatorTask:
         # DDP wrappers (no-ops in one process); the objective unwraps discriminators where needed
         self.nets = {k: distributed.wrap_ddp(v, self.device) for k, v in nets.items()}
         self.objective = CycleGANObjective(
-            self.nets["g_mr2ct"], self.nets["g_ct2mr"], self.nets["d_ct"], self.nets["d_mr"],
-            lambda_cycle=loss.lambda_cycle, lambda_identity=loss.lambda_identity, pool_size=loss.pool_size,
-            structure=build_structure_loss(loss.structure), lambda_structure=loss.lambda_structure,
-            segmenter=segmenter.to(self.device) if segmenter is not None else None, lambda_shape=loss.lambda_shape,
-            lambda_air=loss.lambda_air, lambda_histogram=loss.lambda_histogram,
-            lambda_class_intensity=loss.lambda_class_intensity, cycle_noise=loss.cycle_noise,
-            d_seg=self.nets.get("d_seg"), lambda_seg_adv=loss.lambda_seg_adv,
-            seed=config.seed + 17 * distributed.rank())
+            self.nets["g_mr2ct"], self.nets["g_ct2mr"], self.nets["d_ct"], self.nets["d_mr"], weights=loss,
+            structure=build_structure_loss(loss.structure),
+            segmenter=segmenter.to(self.device) if segmenter is not None else None,
+            d_seg=self.nets.get("d_seg"), seed=config.train.seed + 17 * distributed.rank())
         betas = (train.beta1, train.beta2)
         self.opt_g = adam(list(nets["g_mr2ct"].parameters()) + list(nets["g_ct2mr"].parameters()),
                           lr=train.lr, betas=betas)
@@ -381,7 +381,7 @@ class TranslatorTask:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
         self.g_ema = WeightEMA(nets["g_mr2ct"], train.ema_decay) if train.ema_decay else None
-        seed = config.seed + 1000 * distributed.rank()  # each rank draws different samples
+        seed = config.train.seed + 1000 * distributed.rank()  # each rank draws different samples
         common = {"spatial_dims": m.spatial_dims, "patch_size": d.patch_size, "context": m.context,
                   "foreground_prob": d.foreground_prob, "flip_axes": (0,) if d.flip else ()}
         balanced = dict(common, intensity_balance=d.intensity_balance)

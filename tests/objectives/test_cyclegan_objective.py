@@ -11,6 +11,7 @@ from medgen.objectives.cyclegan import CycleGANObjective, lsgan_loss
 from medgen.objectives.image_pool import ImagePool
 from medgen.objectives.shape import TranslatorSpaceSegmenter
 from medgen.objectives.structure import GradientCorrelationLoss, MINDLoss
+from medgen.training.translator import LossConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,6 +23,17 @@ def _nets(channels=1, seed=0):
     f = ResnetGenerator(spatial_dims=2, in_channels=channels, out_channels=channels, features=4, n_blocks=1)
     d = [PatchDiscriminator(spatial_dims=2, channels=4, in_channels=channels, norm="INSTANCE") for _ in range(2)]
     return g, f, d[0], d[1]
+
+
+#: the CycleGAN paper's terms only; the schema's defaults (the shipped translator's) add air and histogram
+#: terms. shape_segmenter names a bundle in a config; here the segmenter module is passed directly.
+PAPER = {"lambda_identity": 0.5, "lambda_air": 0.0, "lambda_histogram": 0.0, "shape_segmenter": "in-memory"}
+
+
+def _objective(g, f, d_ct, d_mr, *, structure=None, segmenter=None, d_seg=None, batch_passes=True, **weights):
+    """A CycleGANObjective with the paper's weights, ``weights`` overriding them (as the config's loss section)."""
+    return CycleGANObjective(g, f, d_ct, d_mr, weights=LossConfig(**{**PAPER, **weights}), structure=structure,
+                             segmenter=segmenter, d_seg=d_seg, batch_passes=batch_passes)
 
 
 def _batch(channels=1, seed=1):
@@ -37,7 +49,7 @@ def test_lsgan_targets():
 
 def test_identity_generators_give_zero_cycle_and_identity_losses():
     g, f, d_ct, d_mr = _nets()
-    obj = CycleGANObjective(nn.Identity(), nn.Identity(), d_ct, d_mr, pool_size=0)
+    obj = _objective(nn.Identity(), nn.Identity(), d_ct, d_mr, pool_size=0)
     mr, ct = _batch()
     losses, _ = obj.generator_loss(mr, ct)
     for key in ("cycle_mr", "cycle_ct", "identity_ct", "identity_mr"):
@@ -49,8 +61,8 @@ def test_identity_generators_give_zero_cycle_and_identity_losses():
 def test_cycle_noise_reaches_the_way_back_only():
     """With identity generators the cycle error is exactly the noise: L1 of N(0, s) is s*sqrt(2/pi)."""
     _, _, d_ct, d_mr = _nets()
-    obj = CycleGANObjective(nn.Identity(), nn.Identity(), d_ct, d_mr, pool_size=0, lambda_identity=0,
-                            cycle_noise=0.2)
+    obj = _objective(nn.Identity(), nn.Identity(), d_ct, d_mr, pool_size=0, lambda_identity=0,
+                     cycle_noise=0.2)
     mr, ct = torch.zeros(4, 1, 64, 64), torch.zeros(4, 1, 64, 64)
     torch.manual_seed(0)
     losses, images = obj.generator_loss(mr, ct)
@@ -65,8 +77,8 @@ def test_cycle_noise_reaches_the_way_back_only():
 
 def test_generator_step_updates_only_generators_and_weights_add_up():
     g, f, d_ct, d_mr = _nets(channels=3)
-    obj = CycleGANObjective(g, f, d_ct, d_mr, lambda_cycle=10, lambda_identity=0.5, structure=MINDLoss(),
-                            lambda_structure=2.0, pool_size=4)
+    obj = _objective(g, f, d_ct, d_mr, lambda_cycle=10, lambda_identity=0.5, structure=MINDLoss(),
+                     lambda_structure=2.0, pool_size=4)
     mr, ct = _batch(channels=3)
     losses, images = obj.generator_loss(mr, ct)
     total = (losses["adv_ct"] + losses["adv_mr"] + 10 * (losses["cycle_mr"] + losses["cycle_ct"])
@@ -89,7 +101,7 @@ def test_batched_passes_compute_the_same_losses():
     results = []
     for batched in (True, False):
         g, f, d_ct, d_mr = _nets(channels=3)
-        obj = CycleGANObjective(g, f, d_ct, d_mr, pool_size=0, batch_passes=batched)
+        obj = _objective(g, f, d_ct, d_mr, pool_size=0, batch_passes=batched)
         losses, images = obj.generator_loss(mr, ct)
         d_losses = obj.discriminator_loss(mr, ct, images["fake_ct"], images["fake_mr"])
         results.append({**{k: v.item() for k, v in losses.items()}, **{f"d_{k}": v.item() for k, v in d_losses.items()}})
@@ -111,9 +123,9 @@ def test_air_term_is_zero_only_when_background_is_air():
         def forward(self, x):
             return torch.where(mask[:1].bool(), x, torch.full_like(x, self.value))
 
-    air = CycleGANObjective(Const(-1.0), nn.Identity(), d_ct, d_mr, lambda_air=1.0, pool_size=0)
+    air = _objective(Const(-1.0), nn.Identity(), d_ct, d_mr, lambda_air=1.0, pool_size=0)
     assert air.generator_loss(mr, ct, mr_mask=mask)[0]["air"].item() == 0.0
-    tissue = CycleGANObjective(Const(0.0), nn.Identity(), d_ct, d_mr, lambda_air=1.0, pool_size=0)
+    tissue = _objective(Const(0.0), nn.Identity(), d_ct, d_mr, lambda_air=1.0, pool_size=0)
     outside = 1 - mask.mean().item()
     assert tissue.generator_loss(mr, ct, mr_mask=mask)[0]["air"].item() == pytest.approx(outside, rel=1e-5)
 
@@ -123,7 +135,7 @@ def test_shape_consistency_uses_a_frozen_segmenter():
     torch.manual_seed(3)
     seg_net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
     seg = TranslatorSpaceSegmenter(seg_net, segmenter_dims=2, ct_window=(-1000, 1000))
-    obj = CycleGANObjective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=1.0, pool_size=0)
+    obj = _objective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=1.0, pool_size=0)
     mr, ct = _batch(channels=3)
     losses, _ = obj.generator_loss(mr, ct)
     assert torch.isfinite(losses["shape"]) and losses["shape"] > 0
@@ -240,15 +252,15 @@ def test_class_intensity_scores_only_classes_present_on_both_sides_and_resumes()
 def test_class_intensity_in_the_objective_needs_a_segmenter_and_reaches_g_only():
     g, f, d_ct, d_mr = _nets(channels=3)
     with pytest.raises(ValueError, match="segmenter"):
-        CycleGANObjective(g, f, d_ct, d_mr, lambda_class_intensity=1.0)
+        _objective(g, f, d_ct, d_mr, lambda_class_intensity=1.0)
     from medgen.training.translator import TranslatorConfig
     with pytest.raises(ValueError, match="shape_segmenter"):   # caught when the config is read
         TranslatorConfig.model_validate({"loss": {"lambda_class_intensity": 1.0}})
     torch.manual_seed(3)
     seg_net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
     seg = TranslatorSpaceSegmenter(seg_net, segmenter_dims=3, ct_window=(-1000, 1000))  # 2.5D stacks as thin volumes
-    obj = CycleGANObjective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, lambda_class_intensity=1.0,
-                            lambda_cycle=0.0, pool_size=0)
+    obj = _objective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, lambda_class_intensity=1.0,
+                     lambda_cycle=0.0, pool_size=0)
     mr, ct = _batch(channels=3)
     losses, _ = obj.generator_loss(mr, ct)
     assert losses["class_intensity"] > 0
@@ -284,9 +296,9 @@ def test_output_space_adversary_trains_g_through_the_frozen_segmenter():
     seg = TranslatorSpaceSegmenter(seg_net, segmenter_dims=3, ct_window=(-1000, 1000))
     d_seg = PatchDiscriminator(spatial_dims=2, channels=4, in_channels=3 * 3, norm="INSTANCE")  # K=3 classes x 3 slices
     with pytest.raises(ValueError, match="segmenter"):
-        CycleGANObjective(g, f, d_ct, d_mr, d_seg=d_seg, lambda_seg_adv=1.0)
-    obj = CycleGANObjective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, d_seg=d_seg, lambda_seg_adv=1.0,
-                            lambda_cycle=0.0, pool_size=0)
+        _objective(g, f, d_ct, d_mr, d_seg=d_seg, lambda_seg_adv=1.0)
+    obj = _objective(g, f, d_ct, d_mr, segmenter=seg, lambda_shape=0.0, d_seg=d_seg, lambda_seg_adv=1.0,
+                     lambda_cycle=0.0, pool_size=0)
     mr, ct = _batch(channels=3)
     probs = obj.segment_probabilities(ct)
     assert probs.shape == (2, 9, 32, 32) and torch.allclose(probs.view(2, 3, 3, 32, 32).sum(1), torch.ones(2, 3, 32, 32))

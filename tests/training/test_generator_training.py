@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from medgen.config import validate
 from medgen.data.label_image_pairs import prepare_pair
 from medgen.data.phantoms import make_phantom
 from medgen.errors import ConfigError
 from medgen.io.volume import Volume
 from medgen.io.writers import write_volume
-from medgen.training.generator import GeneratorConfig, GeneratorTask, check_config
+from medgen.training.generator import GeneratorConfig, GeneratorTask
 
 
 def tiny_config(**sections) -> GeneratorConfig:
@@ -24,7 +25,7 @@ def tiny_config(**sections) -> GeneratorConfig:
             "train": {"steps": 6, "log_every": 2, "validate_every": 3, "checkpoint_every": 2}}
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
-    return GeneratorConfig.model_validate(data)
+    return validate(data, GeneratorConfig, "tiny")
 
 
 def _write_phantoms(folder, seeds, *, modality="ct", shape=(32, 32, 16)):
@@ -113,10 +114,13 @@ def test_2d_25d_and_3d_variants_train_and_synthesize_whole_volumes(tmp_path, dim
 
 
 def test_inconsistent_configs_are_rejected_with_the_key():
-    with pytest.raises(ConfigError, match="divisible"):
-        check_config(tiny_config(data={"patch_size": [15, 16, 16]}))
-    with pytest.raises(ConfigError, match="context_slices"):
-        check_config(tiny_config(network={"spatial_dims": 3, "context_slices": 1}))
+    # constructing the config validates it (no separate check a caller must remember)
+    with pytest.raises(ConfigError, match="data.patch_size must be divisible"):
+        tiny_config(data={"patch_size": [15, 16, 16]})
+    with pytest.raises(ConfigError, match="network.context_slices"):
+        tiny_config(network={"spatial_dims": 3, "context_slices": 1})
+    with pytest.raises(ValueError, match="data.ct_window"):
+        GeneratorConfig(data={"ct_window": [100.0, -100.0]})
 
 
 # FreeSurfer ids of the SynthSeg maps, grouped into tissues with T1-like intensities

@@ -15,8 +15,10 @@ from medgen.runtime import seed_everything
 from medgen.training.loop import LoopSettings, read_history, run_training
 from medgen.training.translator import TranslatorConfig, TranslatorTask, linear_decay
 
+# identity on and histogram off (not the shipped defaults): every CycleGAN term is exercised
 TINY = {"model": {"features": 4, "n_blocks": 1, "disc_features": 4},
-        "data": {"patch_size": [32, 32], "batch_size": 2}, "loss": {"pool_size": 3},
+        "data": {"patch_size": [32, 32], "batch_size": 2},
+        "loss": {"pool_size": 3, "lambda_identity": 0.5, "lambda_histogram": 0.0},
         "train": {"steps": 4, "val_samples": 2, "precision": "fp32"}}
 TINY_SET = ["model.features=4", "model.n_blocks=1", "model.disc_features=4", "data.patch_size=[32,32]",
             "train.val_samples=2", "train.log_every=1"]
