@@ -30,12 +30,17 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
     """
     from medgen.inference.generate import AnatomyGenerator, generate_dataset
     from medgen.data.label_names import read_label_names
+    from medgen.io.outdir import claim_output_dir
     from medgen.tracking import start_run, write_run_info
 
     output = Path(output)
     generator = AnatomyGenerator(model, device=device, precision=precision)
     names = read_label_names(label_names) if label_names else None
-    with start_run("generate", output_dir=output, enabled=mlflow) as tracker:
+    # the shared output-folder claim (as the batch commands): outside the inputs, locked, and every
+    # file written is checked against the ownership ledger (a user's label_names.json is refused)
+    with claim_output_dir(output, inputs=[model, *(labels or [])], command="medgen generate",
+                          outputs=("datalist.json", "label_names.json", "qc_generated.png")), \
+            start_run("generate", output_dir=output, enabled=mlflow) as tracker:
         tracker.log_params({"model": str(model), "n": n if n is not None else "per-label-map", "seed": seed,
                             "labels": len(labels) if labels else 0, "modality": generator.modality,
                             "precision": precision})

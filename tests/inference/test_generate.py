@@ -143,6 +143,21 @@ def test_cli_generates_and_refuses_to_overwrite(ct_bundle, tmp_path, capsys):
     assert main(["generate", "-m", str(tmp_path / "nothing"), "-n", "1", "-o", str(out), "--no-mlflow", "-q"]) == 2
 
 
+def test_generate_never_replaces_a_users_file_in_the_output_folder(ct_bundle, tmp_path, capsys):
+    """medgen generate claims -o like the batch commands: a user's label_names.json there is refused up front."""
+    from medgen.cli import main
+    out = tmp_path / "gen"
+    out.mkdir()
+    mine = out / "label_names.json"
+    mine.write_text("my notes")
+    code = main(["generate", "-m", str(ct_bundle), "-n", "1", "-o", str(out), "--no-mlflow", "--device", "cpu",
+                 "--precision", "fp32", "-q"])
+    assert code == 2 and mine.read_text() == "my notes"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label_names.json" in err[0] and "Traceback" not in err[0]
+    assert not (out / "images").exists()  # refused before any volume was generated
+
+
 def test_realism_report_compares_a_generated_folder_with_real_data(ct_bundle, tmp_path):
     from medgen.inference.generate import AnatomyGenerator, generate_dataset
     from medgen.pipelines.generate import realism_report
