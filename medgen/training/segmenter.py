@@ -44,7 +44,7 @@ from medgen.runtime import autocast
 from medgen.training import distributed
 from medgen.data.synthesis import warp_and_render
 from medgen.transforms.random_warp import WarpRanges, random_grid
-from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
+from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, gaussian_blur, render_classes
 
 log = logging.getLogger(__name__)
 
@@ -384,22 +384,6 @@ def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Gen
     return crop(case.image.astype(np.float32, copy=False), start, patch, pad_value), crop(case.label, start, patch, 0)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma < 0.3:
-        return x
-    radius = max(1, int(round(2.5 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    for dim in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + dim] = k.numel()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = radius
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
-    return x
-
-
 def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Random intensity/contrast changes of one ``(1, 1, X, Y, Z)`` patch in [-1, 1].
 
@@ -431,7 +415,9 @@ def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator)
         field = F.interpolate(coarse, size=u.shape[2:], mode="trilinear", align_corners=True)
         u = u * torch.exp(field)
     if fire():
-        u = _gaussian_blur(u, _uniform(gen, *cfg.blur_sigma))
+        sigma = _uniform(gen, *cfg.blur_sigma)
+        if sigma >= 0.3:  # voxels; below it the blur is invisible
+            u = gaussian_blur(u[0, 0], (sigma,) * 3)[None, None]
     if fire():
         u = u + torch.randn(u.shape, generator=gen) * _uniform(gen, *cfg.noise_std)
     return (u.clamp(0, 1) * 2 - 1).to(x.dtype)
