@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from medgen.config import load_config
+from medgen.config import flatten, load_config
 from medgen.errors import ConfigError
 
 #: (schema "module:Class", the CLI module whose DEFAULT_CONFIG names the shipped default)
@@ -23,19 +23,9 @@ def _schema(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def differences(a, b) -> list[str]:
     """Dotted keys whose values differ between two configs, ``key: a != b``."""
-    fa, fb = _flat(a.model_dump(mode="json")), _flat(b.model_dump(mode="json"))
+    fa, fb = flatten(a), flatten(b)
     return [f"{k}: {fa.get(k)!r} != {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 

@@ -44,14 +44,18 @@ def is_manifest(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".csv"
 
 
-def read_manifest_cases(path: Path, *, ok_only: bool = True) -> list[CaseInput]:
-    """Cases of a manifest written by ``medgen preprocess`` (rows with ``status == ok``)."""
+def _csv_rows(path: Path, what: str, fix: str) -> list[dict]:
+    """The rows of a CSV file; InputError (``cannot be read as WHAT``) when it cannot be read."""
     try:
         with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+            return list(csv.DictReader(fh))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot be read as a manifest CSV ({exc})", path=path,
-                         fix="pass a manifest.csv written by medgen preprocess") from exc
+        raise InputError(f"cannot be read as {what} ({exc})", path=path, fix=fix) from exc
+
+
+def read_manifest_cases(path: Path, *, ok_only: bool = True) -> list[CaseInput]:
+    """Cases of a manifest written by ``medgen preprocess`` (rows with ``status == ok``)."""
+    rows = _csv_rows(path, "a manifest CSV", "pass a manifest.csv written by medgen preprocess")
     if rows and "output_path" not in rows[0]:
         raise InputError("is a CSV without an 'output_path' column", path=path,
                          fix="pass a manifest.csv written by medgen preprocess")
@@ -115,11 +119,7 @@ def read_case_list(path: Path) -> list[CaseInput]:
     A manifest written by ``medgen preprocess`` also works: its ``source_path`` and
     ``label_source_path`` are re-read. The label path is kept in ``row["label_path"]``.
     """
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot be read as a CSV ({exc})", path=path, fix="pass a CSV with a source_path column") from exc
+    rows = _csv_rows(path, "a CSV", "pass a CSV with a source_path column")
     if rows and not ({"source_path", "path"} & set(rows[0])):
         raise InputError("is a CSV without a 'source_path' (or 'path') column", path=path,
                          fix="list one case per row with a source_path column (optional case_id, label_path)")
