@@ -101,6 +101,10 @@ class SynthConfig(StrictModel):
     enabled: bool = False
     #: share of patches that are the real (percentile-normalised, augmented) CT instead of a rendering
     real_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    #: curriculum: over this share of the steps the share of real-CT patches falls linearly from 1
+    #: to ``real_fraction``, so the network first learns the anatomy from the CT, then contrast
+    #: invariance from the renderings (0 = renderings from the first step)
+    warmup: float = Field(0.0, ge=0.0, lt=1.0)
     #: HU edges of the tissue classes cut from each CT for the unlabelled voxels
     hu_bands: list[float] = list(DEFAULT_HU_BANDS)
     render: RenderConfig = RenderConfig()
@@ -524,14 +528,31 @@ class SegmenterTask:
         x, y = warp_and_render(cls, lab, grid, self.renderer, self.gen, present=present, device=self.device)
         return x[None, None], y[None, None]
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def real_share(self, step: int) -> float:
+        """Share of real-CT (not rendered) patches at ``step`` (1-based): the ``synth.warmup`` curriculum.
+
+        Examples:
+            >>> task = SegmenterTask.__new__(SegmenterTask)
+            >>> task.config = SegmenterConfig(train={"steps": 100}, synth={"real_fraction": 0.2, "warmup": 0.5})
+            >>> [round(task.real_share(s), 2) for s in (1, 25, 50, 100)]
+            [1.0, 0.61, 0.2, 0.2]
+        """
+        synth, steps = self.config.synth, self.config.train.steps
+        ramp = synth.warmup * steps
+        if ramp <= 0 or step > ramp:
+            return synth.real_fraction
+        return 1.0 - (1.0 - synth.real_fraction) * (step - 1) / max(ramp - 1, 1)
+
+    def batch(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch; ``step`` (1-based) sets the curriculum's real-CT share (default: the final one)."""
         cfg = self.config
         patch = tuple(cfg.data.patch_size)
+        real_share = cfg.synth.real_fraction if step is None else self.real_share(step)
         imgs, labs = [], []
         for _ in range(cfg.data.batch_size):
             case = self.cases[self.sampler.draw(self.gen)]
             if (cfg.synth.enabled and case.classes is not None
-                    and float(torch.rand((), generator=self.gen)) >= cfg.synth.real_fraction):
+                    and float(torch.rand((), generator=self.gen)) >= real_share):
                 x, y = self.rendered_patch(case, patch)
                 imgs.append(x.cpu())
                 labs.append(y.cpu())
@@ -548,7 +569,7 @@ class SegmenterTask:
 
     def train_step(self, step: int) -> dict[str, float]:
         self.net.train()
-        x, y = self.batch()
+        x, y = self.batch(step)
         with autocast(self.device, self.dtype):
             logits = self.net(x)
         loss = self.loss(logits.float(), y)
