@@ -18,7 +18,8 @@ Examples:
     >>> from medgen.networks.spade_generator import SPADEGenerator
     >>> g = SPADEGenerator(spatial_dims=2, num_labels=3, channels=(4, 8), noise_channels=1, spade_hidden=4)
     >>> d = PatchDiscriminator(spatial_dims=2, channels=4, in_channels=4, num_layers_d=2, norm="INSTANCE")
-    >>> obj = ConditionalGANObjective(g, d)
+    >>> from medgen.training.generator import GeneratorLossConfig
+    >>> obj = ConditionalGANObjective(g, d, weights=GeneratorLossConfig())
     >>> labels, real = torch.randint(0, 3, (2, 1, 16, 16)).float(), torch.rand(2, 1, 16, 16)
     >>> loss, parts, fake = obj.generator_losses(labels, torch.randn(2, 1, 16, 16), real)
     >>> sorted(parts)
@@ -27,11 +28,22 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medgen.networks.spade_generator import one_hot_labels
+
+
+class GANWeights(Protocol):
+    """The weights :class:`ConditionalGANObjective` reads (the generator config's ``loss`` section has them)."""
+
+    adversarial: float
+    feature_matching: float
+    l1: float
+    gan_mode: str
 
 
 class ConditionalGANObjective(nn.Module):
@@ -42,18 +54,20 @@ class ConditionalGANObjective(nn.Module):
             ``num_labels``, ``label_slices``, ``context_slices`` and the same input layout).
         discriminator: PatchGAN taking ``num_labels + 1`` channels (one-hot centre slice + image),
             returning a list of features with the logits last.
-        adversarial, feature_matching, l1: loss weights.
-        gan_mode: ``"hinge"`` or ``"lsgan"``.
+        weights: the loss weights, read by name: the generator config's ``loss`` section
+            (:class:`medgen.training.generator.GeneratorLossConfig`, the one place their defaults
+            live): ``adversarial``, ``feature_matching``, ``l1`` and ``gan_mode`` (``"hinge"`` or
+            ``"lsgan"``).
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, *, adversarial: float = 1.0,
-                 feature_matching: float = 10.0, l1: float = 10.0, gan_mode: str = "hinge"):
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *, weights: GANWeights):
         super().__init__()
+        gan_mode = weights.gan_mode
         if gan_mode not in ("hinge", "lsgan"):
             raise ValueError(f"gan_mode must be 'hinge' or 'lsgan', got {gan_mode!r}")
         self.generator = generator
         self.discriminator = discriminator
-        self.w_adv, self.w_fm, self.w_l1 = float(adversarial), float(feature_matching), float(l1)
+        self.w_adv, self.w_fm, self.w_l1 = float(weights.adversarial), float(weights.feature_matching), float(weights.l1)
         self.gan_mode = gan_mode
 
     def _centre_onehot(self, labels: torch.Tensor) -> torch.Tensor:

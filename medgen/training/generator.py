@@ -192,9 +192,7 @@ class GeneratorTask:
         self.g = distributed.wrap_ddp(self.generator, self.device)
         self.d = distributed.wrap_ddp(self.discriminator, self.device)
         loss = config.loss
-        self.objective = ConditionalGANObjective(self.g, self.d, adversarial=loss.adversarial,
-                                                 feature_matching=loss.feature_matching, l1=loss.l1,
-                                                 gan_mode=loss.gan_mode)
+        self.objective = ConditionalGANObjective(self.g, self.d, weights=loss)
         self.objective.generator = self.g  # DDP wrappers are called; attributes read from the module
         self.objective.generator.num_labels = self.generator.num_labels
         self.objective.generator.context_slices = self.generator.context_slices
