@@ -63,7 +63,7 @@ class NetworkConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    spacing: list[PositiveFloat] | None = [2.0, 2.0, 3.0]
+    spacing: list[PositiveFloat] | None = [3.0, 3.0, 3.0]
     hu_window: list[float] = [-300.0, 400.0]
     #: ``hu_window``: CT in HU through the fixed window; ``percentile``: every image's own 0.5 and
     #: 99.5 percentiles onto [-1, 1] (a contrast-agnostic segmenter: MR of any contrast, or CT)
@@ -80,7 +80,7 @@ class DataConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    prob: float = 0.8
+    prob: float = 0.4
     gamma: list[float] = [0.6, 1.6]
     contrast: list[float] = [0.7, 1.3]
     shift: float = 0.1
