@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/medgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ install: $(BIN)/medgen
 demo: install
 	$(BIN)/medgen demo -o medgen-demo $(DEMO_ARGS)
 
-test: install
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The layered import contract ([tool.importlinter] in pyproject.toml). lint-imports reads the
+# sources of an importable package, and pipelines/ installs as medgen.pipelines (package-dir), so
+# it runs on a copy of the installed layout in build/import-graph.
+IMPORT_GRAPH := build/import-graph
+lint: install
+	rm -rf $(IMPORT_GRAPH) && mkdir -p $(IMPORT_GRAPH)
+	cp -r medgen $(IMPORT_GRAPH)/medgen && cp -r pipelines $(IMPORT_GRAPH)/medgen/pipelines
+	cd $(IMPORT_GRAPH) && $(abspath $(BIN))/lint-imports --no-cache $(CURDIR)/pyproject.toml
+
 clean:
-	rm -rf $(VENV) medgen-demo .pytest_cache
+	rm -rf $(VENV) medgen-demo .pytest_cache $(IMPORT_GRAPH)

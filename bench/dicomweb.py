@@ -35,7 +35,7 @@ def _bundle(folder: Path) -> Path:
     from monai.networks.nets import UNet
 
     from medgen.models.bundle import BundleSpec, save_bundle
-    from medgen.models.segmenters import InputSpec
+    from medgen.models.input_spec import InputSpec
     kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [8, 16, 32], "strides": [2, 2],
               "num_res_units": 1}
     torch.manual_seed(0)

@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     from medgen.config import load_config
-    from medgen.data.label_image_pairs import hu_to_unit
+    from medgen.transforms.intensity import hu_to_unit
     from medgen.data.phantoms import label_names
     from medgen.inference.generate import AnatomyGenerator, generate_dataset
     from medgen.io.readers import read_volume

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from medgen.training import distributed
+from medgen import distributed
 
 log = logging.getLogger(__name__)
 

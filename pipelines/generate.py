@@ -58,11 +58,9 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
 
 def _qc_picture(output: Path, entries: list[dict], modality: str) -> Path | None:
     """Three orthogonal views with the label overlay for the first cases."""
-    try:
-        from medgen.io.readers import read_volume
-        from medgen.viz import CT_WIDE, save_panels_png, volume_panels
-    except ImportError:  # pragma: no cover
-        return None
+    from medgen.io.readers import read_volume
+    from medgen.viz import CT_WIDE, save_panels_png, volume_panels
+
     rows = []
     for entry in entries:
         image = read_volume(output / entry["image"])
@@ -91,7 +89,8 @@ def realism_report(generated: str | Path, real_images: list[str | Path], real_la
     import numpy as np
 
     from medgen.data.inputs import collect_pairs
-    from medgen.data.label_image_pairs import hu_to_unit, mr_robust_max
+    from medgen.data.label_image_pairs import mr_robust_max
+    from medgen.transforms.intensity import hu_to_unit
     from medgen.io.readers import read_volume
     from medgen.metrics.realism import frechet_distance, per_label_wasserstein
 

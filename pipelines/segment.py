@@ -22,7 +22,7 @@ from pathlib import Path
 
 from medgen.errors import InputError, OutputError
 from medgen.io.readers import VOLUME_SUFFIXES
-from medgen.io.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
+from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 from medgen.pipelines.segment_mr import (AUTO, CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
                                          labels_json_path, write_mask_outputs)

@@ -194,7 +194,7 @@ def _case_files(outputs: CaseOutputs) -> list[Path]:
 
 def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
     """Batch work function (:mod:`medgen.pipelines.batch`): one scan (file, folder or DICOMweb URL)."""
-    from medgen.io.dicomweb_cases import run_on_source
+    from medgen.data.dicomweb_cases import run_on_source
     outputs, options, source = payload
     return run_on_source(source, lambda local: segment_one(local, outputs, options, case_id=case_id),
                          push_seg=options.push_seg, push_sct=options.push_sct)
@@ -207,7 +207,7 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
 
     Args:
         inputs: MR files, DICOM series folders, folders of scans, a manifest, or DICOMweb series /
-            study URLs (a study: each of its MR series; see :mod:`medgen.io.dicomweb_cases`).
+            study URLs (a study: each of its MR series; see :mod:`medgen.data.dicomweb_cases`).
         output: mask file (one scan) or output folder (batch).
         options: translator, segmenter and runtime settings.
         save_sct, qc, dicom_seg: output paths for one scan; for a batch any value (e.g. ``auto``)
@@ -221,7 +221,7 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     Raises:
         MedgenError: for a single scan, the problem (a batch records it and continues).
     """
-    from medgen.io.dicomweb_cases import collect_cases
+    from medgen.data.dicomweb_cases import collect_cases
     output = Path(output)
     single = output.name.lower().endswith(VOLUME_SUFFIXES)
     dicom_seg = dicom_seg or (AUTO if options.push_seg else None)
@@ -252,7 +252,7 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
 def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int,
                    executor: str | None = "local") -> list[CaseReport]:
     """The batch of :func:`segment_mr`, run inside the claimed output folder."""
-    from medgen.io.dicomweb_cases import is_dicom_source
+    from medgen.data.dicomweb_cases import is_dicom_source
     jobs = []
     for case in cases:
         outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),

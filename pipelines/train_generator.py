@@ -38,7 +38,7 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     from medgen.data.label_names import read_label_names
     from medgen.runtime import resolve_device, seed_everything
     from medgen.tracking import start_run, write_run_info
-    from medgen.training import distributed
+    from medgen import distributed
     from medgen.training.generator import GeneratorTask
     from medgen.training.loop import LoopSettings, run_training
 

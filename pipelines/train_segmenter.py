@@ -63,7 +63,7 @@ def train_segmenter(
     from medgen.models.bundle import BundleSpec, save_bundle
     from medgen.runtime import resolve_device, seed_everything
     from medgen.tracking import start_run, write_run_info
-    from medgen.training import distributed
+    from medgen import distributed
     from medgen.training.loop import LoopSettings, run_training
     from medgen.training.segmenter import SegmenterTask, input_spec, plan_labels
 

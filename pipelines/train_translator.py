@@ -271,7 +271,7 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
     """
     from medgen.runtime import resolve_device, resolve_precision, seed_everything
     from medgen.tracking import start_run, write_run_info
-    from medgen.training import distributed
+    from medgen import distributed
     from medgen.training.loop import LoopSettings, read_history, run_training
     from medgen.training.translator import TranslatorTask
 

@@ -42,7 +42,7 @@ def translate_file(mr_path: str | Path, out_path: str | Path, model, *, device: 
     from medgen.io.writers import write_volume
 
     if is_dicomweb_url(str(mr_path)):  # a DICOMweb series: translate a temporary local copy
-        from medgen.io.dicomweb_cases import local_source
+        from medgen.data.dicomweb_cases import local_source
         check_output_path(out_path, overwrite=overwrite)
         with local_source(str(mr_path)) as local:
             return translate_file(local, out_path, model, device=device, precision=precision, overwrite=overwrite,
@@ -117,7 +117,7 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         ModelError: the model cannot be loaded (checked once, before any scan).
     """
     from medgen.errors import InputError, OutputError
-    from medgen.io.dicomweb_cases import collect_cases
+    from medgen.data.dicomweb_cases import collect_cases
     from medgen.io.outdir import check_folder_name, claim_output_dir
 
     output = Path(output)

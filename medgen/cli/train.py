@@ -15,11 +15,5 @@ def register(sub) -> None:
                             description="Train a model; each run writes RUN_DIR/{checkpoints,bundle} and one MLflow run.")
     trainers = parser.add_subparsers(dest="trainer", metavar="MODEL")
     for name in TRAINERS:
-        try:
-            module = importlib.import_module(f"medgen.cli.train_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"medgen.cli.train_{name}":
-                continue
-            raise
-        module.register(trainers)
+        importlib.import_module(f"medgen.cli.train_{name}").register(trainers)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -25,16 +25,7 @@ from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.readers import read_volume
 from medgen.io.volume import Volume
 
-try:  # the preprocessing engineer's CT window mapping (same formula as the fallback below)
-    from medgen.transforms.intensity import hu_to_unit, unit_to_hu
-except ImportError:  # pragma: no cover - only before medgen.transforms.intensity exists
-    def hu_to_unit(hu, window=(-1000.0, 1000.0)):
-        lo, hi = window
-        return 2.0 * (np.clip(hu, lo, hi) - lo) / (hi - lo) - 1.0
-
-    def unit_to_hu(unit, window=(-1000.0, 1000.0)):
-        lo, hi = window
-        return (np.clip(unit, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+from medgen.transforms.intensity import hu_to_unit, unit_to_hu
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medgen.errors import InputError, ModelError
 from medgen.inference.baselines import BASELINES, histogram_matched_ct, normalised_mr_as_ct, reference_quantiles_from_ct
 from medgen.io.volume import Volume
-from medgen.models.segmenters import CTSegmenter
+
+if TYPE_CHECKING:  # annotations only: medgen.models.segmenters sits above medgen.inference
+    from medgen.models.segmenters import CTSegmenter
 
 log = logging.getLogger(__name__)
 

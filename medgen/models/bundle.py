@@ -135,7 +135,7 @@ def monai_inference_config(spec: BundleSpec) -> dict:
         "loader": {"_target_": "LoadImaged", "keys": "image", "image_only": True},
     }
     if spec.kind == "segmenter" and "input" in spec.extra:
-        from medgen.models.segmenters import InputSpec
+        from medgen.models.input_spec import InputSpec
         inp = InputSpec.from_dict(spec.extra["input"])
         pad = float(inp.scale(np.array([-1024.0]))[0])
         return {**base,

@@ -53,7 +53,7 @@ class PrepareSegmenterInputd(MapTransform):
 
     def __init__(self, keys, input_spec: dict, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        from medgen.models.segmenters import InputSpec
+        from medgen.models.input_spec import InputSpec
         self.spec = InputSpec.from_dict(input_spec)
 
     def __call__(self, data):

@@ -72,7 +72,7 @@ from torch import nn
 
 from medgen.objectives.class_intensity import ClassIntensityMatch
 from medgen.objectives.image_pool import ImagePool
-from medgen.training.distributed import unwrap
+from medgen.distributed import unwrap
 
 __all__ = ["CycleGANObjective", "lsgan_loss", "quantile_distance", "segment_probabilities"]
 

@@ -31,7 +31,7 @@ from medgen.data.label_image_pairs import (IntensityScale, LabelChannels, Pair, 
                                            per_label_means)
 from medgen.data.label_sampler import LabelSamplerConfig
 from medgen.errors import InputError
-from medgen.training import distributed
+from medgen import distributed
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +254,8 @@ class GeneratorTask:
 
     def _save_grid(self, step: int, fake: np.ndarray) -> None:
         """``label | generated | real`` panels (three planes each) for case 0, logged to MLflow."""
-        try:
-            from medgen.viz import CT_WIDE, save_panels_png, volume_panels
-        except ImportError:  # pragma: no cover
-            return
+        from medgen.viz import CT_WIDE, save_panels_png, volume_panels
+
         pair = self.pairs[0]
         real = pair.image.array
         window = CT_WIDE if self.scale.modality == "ct" else (0.0, float(self.scale.mr_scale))

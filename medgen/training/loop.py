@@ -35,7 +35,7 @@ import torch
 from medgen.errors import OutputError
 from medgen.progress import progress
 from medgen.runtime import rng_state, set_rng_state
-from medgen.training import distributed
+from medgen import distributed
 from medgen.training.checkpoint import load_latest_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,10 @@ from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.errors import InputError
 from medgen.io.geometry import reorient, resample_like
 from medgen.io.volume import Volume
-from medgen.models.segmenters import InputSpec, NetworkSegmenter
+from medgen.models.input_spec import InputSpec
+from medgen.models.segmenters import NetworkSegmenter
 from medgen.runtime import autocast
-from medgen.training import distributed
+from medgen import distributed
 from medgen.data.synthesis import warp_and_render
 from medgen.transforms.random_warp import WarpRanges, random_grid
 from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, gaussian_blur, render_classes

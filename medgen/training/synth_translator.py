@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from medgen.data.synth_pairs import SynthPairSampler
 from medgen.objectives.structure import build_structure_loss
 from medgen.runtime import autocast
-from medgen.training import distributed
+from medgen import distributed
 from medgen.training.ema import WeightEMA
 from medgen.training.translator import (PairedCase, TranslatorConfig, TranslatorTask, _init_weights, generator_kwargs,
                                         linear_decay)

@@ -34,7 +34,7 @@ from medgen.data.sampling import VolumeSampler
 from medgen.objectives.cyclegan import CycleGANObjective, segment_probabilities
 from medgen.objectives.structure import build_structure_loss
 from medgen.runtime import autocast
-from medgen.training import distributed
+from medgen import distributed
 from medgen.training.ema import WeightEMA
 from medgen.training.optim import adam
 from medgen.transforms.recipes import PreprocessConfig

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.training import distributed
+from medgen import distributed
 from medgen.training.checkpoint import load_latest_checkpoint
 from medgen.training.loop import LoopSettings, flatten_tensors, read_history, run_training
 
