@@ -79,3 +79,29 @@ def test_agreement_is_low_on_a_broken_input(trained, tmp_path):
     assert cases["broken"]["flagged"]
     assert json.loads((out / "broken.labels.json").read_text())
     assert (out / "broken_qc.png").stat().st_size > 5000
+
+
+def test_curriculum_starts_on_the_ct_and_ends_on_renderings():
+    """``synth.warmup``: early batches are the (normalised) CT itself, late ones renderings."""
+    import torch
+
+    from medgen.training.segmenter import SegmenterConfig, SegmenterTask, input_spec, plan_labels, prepare_case
+    p = make_phantom(5, shape=(48, 48, 24), spacing=(4.0, 4.0, 6.0))
+    config = SegmenterConfig(
+        network={"channels": [4, 8], "strides": [2]},
+        data={"spacing": [4.0, 4.0, 6.0], "patch_size": [16, 16, 8], "batch_size": 4, "intensity": "percentile"},
+        augment={"prob": 0.0, "label_shift": 0.0}, train={"steps": 100},
+        synth={"enabled": True, "real_fraction": 0.0, "warmup": 0.5})
+    plan = plan_labels(p.label_names, None)
+    case = prepare_case("c", Volume(p.ct, p.affine), Volume(p.labels, p.affine), input_spec(config), plan,
+                        hu_bands=config.synth.hu_bands)
+    task = SegmenterTask(config, [case], [], plan.names, device=torch.device("cpu"), seed=0)
+    ct_values = torch.from_numpy(np.unique(np.append(case.image.astype(np.float32), -1.0)))  # -1: padding
+
+    def share_of_ct_patches(step: int) -> float:
+        x, _ = task.batch(step)
+        return float(np.mean([bool(torch.isin(patch.flatten(), ct_values).all()) for patch in x]))
+
+    assert share_of_ct_patches(1) == 1.0          # step 1: the real CT only
+    assert share_of_ct_patches(100) == 0.0        # after the warm-up: renderings only (real_fraction 0)
+    assert task.real_share(25) == pytest.approx(1 - 24 / 49)
