@@ -26,27 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from chain_real import _data_dir, _dice_table
+
 log = logging.getLogger("bench.segmenter_fit")
 
 STRUCTURES = ["liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta", "autochthon_left",
               "autochthon_right"]
 PHANTOM_GRID = {"shape": (128, 104, 48), "spacing": (3.0, 3.0, 4.0)}
-
-
-def _sample_data(arg: str | None) -> Path:
-    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    root = Path(arg or os.environ.get("MEDGEN_SAMPLE_DATA") or default)
-    if not (root / "totalsegmentator" / "example_ct.nii.gz").exists():
-        raise SystemExit(f"{root}: no sample data (totalsegmentator/example_ct.nii.gz). "
-                         "Fix: pass --sample-data or set MEDGEN_SAMPLE_DATA")
-    return root.resolve()
 
 
 def _real_cases(root: Path) -> tuple[list, list, str, list[str] | None]:
@@ -73,27 +65,6 @@ def _phantom_cases(folder: Path, seeds: list[int]) -> tuple[list, list]:
     return images, labels
 
 
-def _dice(segmenter, images, labels, plan) -> dict:
-    from medgen.io.geometry import resample_like
-    from medgen.io.readers import read_volume
-    from medgen.metrics.segmentation import per_label_scores
-    out = {}
-    for img_path, lab_path in zip(images, labels):
-        image = read_volume(img_path)
-        label = read_volume(lab_path, kind="label")
-        if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
-            label = resample_like(label, image, order=0, cval=0)  # world coordinates, never array-to-array
-        ref = plan.apply(label.array, label.name)
-        pred = segmenter.segment(image, precision="fp32")
-        scores = per_label_scores(pred.array, ref, pred_names=segmenter.label_names, ref_names=plan.names,
-                                  spacing=image.spacing, compute_hd95=False)
-        present = {plan.names[int(i)] for i in np.unique(ref) if i}
-        table = {k: round(float(v["dice"]), 3) for k, v in scores.items() if k in present}
-        table["mean"] = round(float(np.mean(list(table.values()))), 3) if table else None
-        out[Path(str(img_path)).name] = table
-    return out
-
-
 def run(args) -> dict:
     import torch
 
@@ -108,7 +79,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.data == "real":
-        images, labels, names_ref, include = _real_cases(_sample_data(args.sample_data))
+        images, labels, names_ref, include = _real_cases(_data_dir(args.sample_data))
         test_images, test_labels = images, labels
     else:
         images, labels = _phantom_cases(out / "phantoms", list(range(args.n_train)))
@@ -128,8 +99,9 @@ def run(args) -> dict:
     segmenter = load_segmenter(run_dir)
     curve = [{k: round(v, 3) for k, v in row.items() if k.endswith("/mean") or k == "step"}
              for row in read_history(run_dir) if row.get("phase") == "val"]
-    dice = _dice(segmenter, test_images, test_labels, plan)
-    means = [t["mean"] for t in dice.values() if t["mean"] is not None]
+    dice = _dice_table(segmenter, {Path(str(i)).name: (i, lab) for i, lab in zip(test_images, test_labels)}, plan,
+                       "cpu")
+    means = [t["mean_present"] for t in dice.values() if t["mean_present"] is not None]
     return {"data": args.data, "config": args.config or "segmenter/ct_unet", "overrides": args.set, "steps": steps,
             "torch_threads": torch.get_num_threads(), "train_s": round(train_s, 1),
             "s_per_step": round(train_s / steps, 3), "scored_on": "training CTs" if args.data == "real" else
