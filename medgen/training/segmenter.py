@@ -544,11 +544,11 @@ class SegmenterTask:
             return synth.real_fraction
         return 1.0 - (1.0 - synth.real_fraction) * (step - 1) / max(ramp - 1, 1)
 
-    def batch(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training batch; ``step`` (1-based) sets the curriculum's real-CT share (default: the final one)."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch; ``step`` (1-based) sets the curriculum's real-CT share."""
         cfg = self.config
         patch = tuple(cfg.data.patch_size)
-        real_share = cfg.synth.real_fraction if step is None else self.real_share(step)
+        real_share = self.real_share(step)
         imgs, labs = [], []
         for _ in range(cfg.data.batch_size):
             case = self.cases[self.sampler.draw(self.gen)]
