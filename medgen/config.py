@@ -167,7 +167,57 @@ def load_config(ref: str | Path | None, schema: type[T], *, default: str,
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment, schema)
-    return validate(data, schema, source)
+    return validate(with_section_defaults(data, schema), schema, source)
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _merge_section(base: dict, given: dict, section: type[BaseModel]) -> dict:
+    """``given`` laid over ``base`` key by key, recursing into nested sections (lists/dicts replace)."""
+    out = dict(base)
+    for key, value in given.items():
+        field = section.model_fields.get(key)
+        if (field is not None and _is_section(field.annotation) and isinstance(value, dict)
+                and isinstance(base.get(key), dict)):
+            out[key] = _merge_section(base[key], value, field.annotation)
+        else:
+            out[key] = value
+    return out
+
+
+def with_section_defaults(data: dict, schema: type[BaseModel]) -> dict:
+    """``data`` with every partly given section completed from the schema's *default instance*.
+
+    Pydantic builds a section given as a mapping from its class defaults, not from the field's
+    default instance, so where the two differ (``preprocess.mr`` defaults to
+    ``PreprocessConfig(modality="mr")``) a YAML or ``--set`` naming one key of the section would
+    silently lose the others. Laying the given keys over the default instance's values keeps a
+    shipped YAML free to state only what differs from the schema.
+
+    Examples:
+        >>> from medgen.config import StrictModel
+        >>> class Recipe(StrictModel):
+        ...     modality: str = "ct"
+        ...     spacing: float = 1.0
+        >>> class Cfg(StrictModel):
+        ...     mr: Recipe = Recipe(modality="mr")
+        >>> _ = Cfg.model_rebuild()
+        >>> with_section_defaults({"mr": {"spacing": 2.0}}, Cfg)
+        {'mr': {'modality': 'mr', 'spacing': 2.0}}
+    """
+    out = dict(data)
+    for name, field in schema.model_fields.items():
+        given = out.get(name)
+        if not (_is_section(field.annotation) and isinstance(given, dict)):
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            out[name] = _merge_section(default.model_dump(mode="python"), given, field.annotation)
+        else:
+            out[name] = with_section_defaults(given, field.annotation)
+    return out
 
 
 def with_value(config: T, key: str, value: Any, source: str) -> T:

@@ -64,3 +64,17 @@ def test_hash_and_flatten_are_stable():
     a, b = Cfg(), Cfg(optim=Optim(lr=0.1))
     assert config_hash(a) == config_hash(Cfg()) != config_hash(b)
     assert flatten(b)["optim.lr"] == 0.1
+
+
+def test_partial_section_keeps_the_default_instance(tmp_path):
+    """A YAML or --set naming one key of a section whose default instance differs from its class
+    defaults (preprocess.mr is PreprocessConfig(modality="mr")) keeps the instance's other values."""
+    from medgen.training.translator import TranslatorConfig
+    path = tmp_path / "t.yaml"
+    path.write_text("preprocess:\n  mr:\n    spacing: [3.0, 3.0, 3.0]\n")
+    cfg = load_config(path, TranslatorConfig, default="unused", overrides=["preprocess.ct.spacing=[3.0,3.0,3.0]"])
+    assert cfg.preprocess.mr.modality == "mr" and cfg.preprocess.ct.modality == "ct"
+    assert tuple(cfg.preprocess.mr.spacing) == tuple(cfg.preprocess.ct.spacing) == (3.0, 3.0, 3.0)
+    default = TranslatorConfig()
+    assert cfg.preprocess.ct.ct == default.preprocess.ct.ct  # the CT window etc. of the default instance
+    assert cfg.model == default.model and cfg.train == default.train
