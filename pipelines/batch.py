@@ -1,4 +1,4 @@
-"""Batch machinery shared by the per-case commands (``segment-mr``, ``translate``).
+"""The one batch engine of the per-case commands (``preprocess``, ``translate``, ``segment-mr``, ``segment``).
 
 A batch is a list of independent cases, each with its own output files. This module runs them
 one at a time or in a process pool and gives every command the same guarantees:
@@ -6,8 +6,10 @@ one at a time or in a process pool and gives every command the same guarantees:
 * failure isolation: a case that raises is recorded as ``failed`` (with a one-line message)
   and the batch goes on; a worker process that dies (killed, out of memory) fails only the
   cases it had not finished, and the summary is still written;
-* resume: a case whose done files all exist, as the files medgen wrote, is ``skipped`` (unless
-  ``overwrite``);
+* resume: a case that is done is ``skipped`` (unless ``overwrite``). Done means, by default, that
+  its done files all exist as the files medgen wrote; a command whose outputs depend on more than
+  the input path overrides :meth:`BatchJob.is_done` (``preprocess``: the manifest row is ``ok`` with
+  the same input content and config hash);
 * no partial outputs: a hidden ``.<case>.in_progress`` marker exists while a case writes, so a
   rerun after ``kill -9`` removes that case's leftovers and redoes it; a failed case removes
   what it wrote;
@@ -15,7 +17,8 @@ one at a time or in a process pool and gives every command the same guarantees:
   (:mod:`medgen.io.ownership`; the caller claims the folder with
   :func:`medgen.io.outdir.claim_output_dir`); a user's file of the same name fails its case;
 * bounded memory: each worker holds one case at a time;
-* a summary JSON in the output folder (counts, seconds, one entry per case).
+* a summary JSON in the output folder (counts, seconds, one entry per case), or the caller's own
+  record of each case as it finishes (``on_report``: ``preprocess`` journals its manifest row).
 
 The work function must be a module-level function (picklable for the process pool and Dask) with the
 signature ``fn(input_path, files, payload, case_id=...) -> CaseReport``.
@@ -59,6 +62,9 @@ class CaseReport:
 class BatchJob:
     """One case of a batch.
 
+    Subclass it (at module level, so it pickles) to change what "done" means: :meth:`is_done` is
+    called in the calling process, before any case is sent to a worker.
+
     Attributes:
         case_id: names the outputs and the in-progress marker.
         input: the case's input path.
@@ -83,7 +89,8 @@ class BatchJob:
         return self.done[0].with_name(f".{self.case_id}.in_progress")
 
     def is_done(self) -> bool:
-        return all(ownership.owns_here(p) for p in self.done)  # present and the bytes medgen wrote
+        """The case needs no work: every done file is present and still the bytes medgen wrote."""
+        return all(ownership.owns_here(p) for p in self.done)
 
 
 def _remove_leftovers(job: BatchJob) -> None:
@@ -112,17 +119,18 @@ def _run_job(job: BatchJob) -> CaseReport:
     before = {p for p in job.files if p.exists()}
     job.marker.touch()
     ok = False
+    start = time.perf_counter()
     try:
         report = job.fn(Path(job.input), job.files, job.payload, case_id=job.case_id)
         ok = True
         return report
     except MedgenError as exc:
         log.error("%s: %s", job.case_id, exc.one_line())
-        return CaseReport(job.case_id, job.input, "failed", error=exc.one_line())
+        return _failed(job, exc.one_line(), start)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
         log.error("%s: unexpected %s: %s", job.case_id, type(exc).__name__, exc)
         log.debug("%s", traceback.format_exc())
-        return CaseReport(job.case_id, job.input, "failed", error=f"{type(exc).__name__}: {exc}")
+        return _failed(job, f"{job.input}: {type(exc).__name__}: {exc}", start)  # PATH: what is wrong
     finally:
         if not ok:  # failed: no partial outputs that could look complete
             for partial in set(job.files) - before:
@@ -130,7 +138,20 @@ def _run_job(job: BatchJob) -> CaseReport:
         job.marker.unlink(missing_ok=True)
 
 
-def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | None = "local") -> list[CaseReport]:
+def _failed(job: BatchJob, error: str, start: float | None = None) -> CaseReport:
+    timings = {} if start is None else {"total": round(time.perf_counter() - start, 3)}
+    return CaseReport(job.case_id, job.input, "failed", timings=timings, error=error)
+
+
+def _lost(job: BatchJob, error: str) -> CaseReport:
+    """The report of a case whose worker died (or whose task the cluster gave up on)."""
+    return _failed(job, f"{job.input}: {error}. Fix: rerun the same command (finished cases are kept); if it "
+                        "recurs use fewer --workers (memory), and when calling medgen from a Python script, "
+                        "guard it with if __name__ == '__main__'")
+
+
+def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | None,
+              on_report: Callable[[BatchJob, CaseReport], None]) -> list[CaseReport]:
     """Run ``todo`` in a local pool or on a Dask cluster (:mod:`medgen.pipelines.executor`);
     a dead worker fails only its unfinished cases."""
     from medgen.pipelines.executor import WORKER_DIED, run_tasks
@@ -143,28 +164,47 @@ def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | Non
         for i, report, error in run_tasks(run_job, todo, workers=workers, executor=executor, preload=preload):
             job = todo[i]
             # a case that died with its worker keeps its marker: a rerun removes its leftovers and redoes it
-            reports[i] = report if error is None else CaseReport(job.case_id, job.input, "failed", error=error)
+            reports[i] = report if error is None else _lost(job, error)
+            on_report(job, reports[i])
             bar.update(1)
     finally:
         bar.close()
     for i, job in enumerate(todo):  # defensive: every case gets a report
         if i not in reports:
-            reports[i] = CaseReport(job.case_id, job.input, "failed", error=WORKER_DIED)
+            reports[i] = _lost(job, WORKER_DIED)
+            on_report(job, reports[i])
     return [reports[i] for i in range(len(todo))]
 
 
-def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False,
-              desc: str = "batch", executor: str | None = "local") -> tuple[list[CaseReport], float]:
+def _ignore(job: BatchJob, report: CaseReport) -> None:
+    pass
+
+
+def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False, redo_done: bool | None = None,
+              desc: str = "batch", executor: str | None = "local",
+              on_report: Callable[[BatchJob, CaseReport], None] | None = None) -> tuple[list[CaseReport], float]:
     """Run the cases not already done; returns all reports (skipped ones first) and the seconds spent.
 
-    ``executor``: ``local`` (this process, or a pool of ``workers`` processes) or
-    ``dask://HOST:PORT`` (one Dask task per case; see :mod:`medgen.pipelines.executor`).
+    Args:
+        jobs: the cases.
+        workers: local worker processes (1: in this process).
+        overwrite: the user's ``--overwrite`` (files medgen did not write may be replaced).
+        redo_done: also run the cases that are done; by default ``overwrite`` (``preprocess`` passes
+            False: its done check already proves the outputs are medgen's, for this input and config).
+        desc: the progress bar's label.
+        executor: ``local`` (this process, or a pool of ``workers`` processes) or
+            ``dask://HOST:PORT`` (one Dask task per case; see :mod:`medgen.pipelines.executor`).
+        on_report: called in this process with each case and its report as soon as the case is
+            skipped or finished (e.g. to journal it), before the batch ends.
     """
+    on_report = on_report or _ignore
+    redo_done = overwrite if redo_done is None else redo_done
     todo, reports = [], []
     for job in jobs:
         job.overwrite = overwrite
-        if job.is_done() and not overwrite:
+        if not redo_done and job.is_done():
             reports.append(CaseReport(job.case_id, job.input, "skipped", dict(job.outputs_when_done)))
+            on_report(job, reports[-1])
         else:
             todo.append(job)
     log.info("%d cases: %d to do, %d already done", len(jobs), len(todo), len(reports))
@@ -173,8 +213,9 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
         from medgen.progress import progress
         for job in progress(todo, desc=desc, unit="case"):
             reports.append(run_job(job))
+            on_report(job, reports[-1])
     else:
-        reports += _run_pool(todo, workers, desc, executor)
+        reports += _run_pool(todo, workers, desc, executor, on_report)
     return reports, time.perf_counter() - start
 
 

@@ -5,13 +5,20 @@ The algorithm, unrolled (one MLflow run per call)::
     config  = load_preprocess_config(-c, --modality, --set)
     cases   = inputs (files, folders, DICOM series folders, a CSV list) [+ paired label maps]
     claim OUT_DIR: writable, outside the inputs, locked, stale temp files removed   # before any work
-    for each case, in a process pool (--workers N, one case per worker in memory):
-        hash the input; skip it if the manifest has an ok row with the same input + config hash
+    skip each case whose manifest row is ok with the same input content + config hash
+    for each other case, through the batch engine (medgen.pipelines.batch: this process, a pool
+    of --workers N processes or a Dask cluster, one case per worker in memory):
         read -> preprocess (recipe) -> write OUT_DIR/<case>.nii.gz, <case>_mask.nii.gz,
               [<case>_label.nii.gz], then <case>.json (the record) -- each file atomically
         a bad case becomes a 'failed' row with its error; the others carry on
         journal its manifest row at once; rewrite OUT_DIR/manifest.csv atomically every few seconds
     log config, counts and the manifest (as a dataset input) to MLflow; exit 1 if any failed
+
+Preprocess uses the engine of ``translate``/``segment-mr``/``segment`` (failure isolation, the
+in-progress marker, ownership, workers, Dask) and differs from them in what it records, not in
+how it runs: its record is ``manifest.csv`` (journaled per case) instead of a summary JSON, "done"
+also needs an unchanged input and config (:class:`PreprocessJob`), and ``--overwrite`` only
+permits replacing the user's files, it does not redo done cases (run_batch ``redo_done=False``).
 
 Resume after ``kill -9``: run the same command again. Completed cases are skipped (their row is
 ``ok``, the input and config hashes match and the outputs are still the files medgen wrote),
@@ -28,15 +35,24 @@ node, each with its own OUT_DIR; the manifests can be concatenated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medgen.config import config_hash
 from medgen.data.inputs import CaseInput, collect_inputs, pair_inputs
 from medgen.data.manifest import Manifest, content_hash
-from medgen.errors import InputError, MedgenError
+from medgen.errors import InputError
+from medgen.io.atomic import check_output_path, write_text_atomic
+from medgen.io.outdir import claim_output_dir
+from medgen.io.ownership import guarded, owns_here, remove_own_output
+from medgen.io.readers import read_volume
+from medgen.io.writers import write_volume
+from medgen.pipelines.batch import BatchJob, CaseReport, run_batch
+from medgen.transforms.recipes import PreprocessConfig, load_preprocess_config, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +112,7 @@ def gather_cases(inputs: list[str | Path],
 
 
 # ----------------------------------------------------------------------------------------------
-# One case (runs in a worker process)
+# One case (runs in a worker process, under the batch engine: medgen.pipelines.batch)
 # ----------------------------------------------------------------------------------------------
 
 def output_names(case_id: str) -> dict[str, str]:
@@ -105,53 +121,66 @@ def output_names(case_id: str) -> dict[str, str]:
             "label_path": f"{case_id}_label.nii.gz", "record_path": f"{case_id}.json"}
 
 
-def process_case(task: dict) -> dict:
-    """Preprocess one case and write its outputs; return its manifest row (never raises for bad input).
+@dataclass
+class PreprocessReport(CaseReport):
+    """A finished case's report, with its manifest row (``row``)."""
 
-    ``task`` is plain data (picklable for a spawn process pool): case_id, path, label_path,
-    series_uid, config (dict), out_dir, overwrite, previous (the manifest row from an earlier
-    run, if any).
+    row: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessJob(BatchJob):
+    """A preprocessing case for the batch engine; ``payload`` is the task (plain, picklable data):
+    case_id, path, label_path, series_uid, config (dict), config_hash, out_dir, previous (the
+    case's manifest row from an earlier run, or None) and, once known, content_hash.
+
+    Done is the manifest's notion, not only file presence: the earlier row is ``ok``, the input's
+    content and the config hash are unchanged, and its outputs are still the files medgen wrote.
     """
-    from medgen.io.ownership import guarded, remove_own_output
-    from medgen.transforms.recipes import PreprocessConfig
 
+    def is_done(self) -> bool:
+        task = self.payload
+        previous = task.get("previous") or {}
+        if previous.get("status") != "ok":
+            return False
+        out_dir = Path(task["out_dir"])
+        needed = [previous.get(k) for k in ("output_path", "record_path", "mask_path", "label_path") if previous.get(k)]
+        if not all(owns_here(out_dir / name) for name in needed):  # present and still the bytes medgen wrote
+            return False
+        task["content_hash"] = _case_hash(task)  # hashed only here, for cases that may be done (reused if not)
+        if previous.get("content_hash") != task["content_hash"] or previous.get("config_hash") != task["config_hash"]:
+            log.info("%s: input or config changed since the last run; preprocessing again", self.case_id)
+            return False
+        return True
+
+
+def process_case(path: Path, files: list[Path], task: dict, *, case_id: str) -> PreprocessReport:
+    """Batch work function: preprocess one case and write its outputs; the report holds its manifest row.
+
+    Raises for a bad case (the engine records it as ``failed`` and removes what the case wrote);
+    the outputs of an earlier run of this case are removed too (only medgen's), so they cannot
+    look current.
+    """
     start = time.perf_counter()
     config = PreprocessConfig.model_validate(task["config"])
     out_dir = Path(task["out_dir"])
-    names = output_names(task["case_id"])
-    previous = task.get("previous") or {}
-    row = {"case_id": task["case_id"], "source_path": task["path"], "label_source_path": task.get("label_path") or "",
-           "series_uid": task.get("series_uid") or "", "modality": config.modality, "config_hash": task["config_hash"]}
-    written: list[Path] = []
-    with guarded(out_dir, overwrite=bool(task["overwrite"])):
-        try:
-            return _process_case(task, config, out_dir, names, previous, row, written, start)
-        except Exception as exc:  # a bad case is recorded and the batch carries on
-            message = exc.one_line() if isinstance(exc, MedgenError) else f"{task['path']}: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, MedgenError):
-                log.debug("unexpected error in case %s", task["case_id"], exc_info=True)
-            for path in written:
-                remove_own_output(path)
-            if previous:  # stale outputs of an earlier run of this case must not look current (only medgen's)
-                for name in names.values():
-                    remove_own_output(out_dir / name)
-            row.update(status="failed", error=message, output_path="", record_path="", mask_path="", label_path="")
-    row["seconds"] = f"{time.perf_counter() - start:.2f}"
-    return row
+    names = output_names(case_id)
+    try:
+        row = _process_case(task, config, out_dir, names, overwrite=bool(task["overwrite"]))
+    except Exception:
+        if task.get("previous"):
+            for name in names.values():
+                remove_own_output(out_dir / name)
+        raise
+    seconds = time.perf_counter() - start
+    row["seconds"] = f"{seconds:.2f}"
+    outputs = {key: str(out_dir / row[key]) for key in names if row.get(key)}
+    return PreprocessReport(case_id, task["path"], "ok", outputs, {"total": round(seconds, 3)}, row=row)
 
 
-def _process_case(task: dict, config, out_dir: Path, names: dict, previous: dict, row: dict, written: list,
-                  start: float) -> dict:
-    """:func:`process_case`'s work, under the folder's ownership guard; raises for a bad case."""
-    from medgen.io.atomic import check_output_path, write_text_atomic
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
-    from medgen.transforms.recipes import preprocess
-
-    row["content_hash"] = _case_hash(task)
-    if _is_done(previous, row, out_dir):
-        return {**previous, "_skipped": True}
-    overwrite = bool(task["overwrite"])  # without it only files medgen wrote here are replaced
+def _process_case(task: dict, config: PreprocessConfig, out_dir: Path, names: dict, *, overwrite: bool) -> dict:
+    """:func:`process_case`'s work, under the folder's ownership guard; returns the ``ok`` manifest row."""
+    row = {**_row_of(task), "content_hash": task.get("content_hash") or _case_hash(task)}
     volume = read_volume(task["path"], series_uid=task.get("series_uid"))
     row.update(original_shape=volume.shape, original_spacing=volume.spacing,
                original_orientation=volume.orientation, series_uid=volume.series_uid or row["series_uid"])
@@ -165,17 +194,23 @@ def _process_case(task: dict, config, out_dir: Path, names: dict, previous: dict
         targets.append((result.label, "label_path", None))
     for key in [t[1] for t in targets] + ["record_path"]:  # refuse before writing anything
         check_output_path(out_dir / names[key], overwrite=overwrite, inputs=inputs)
-    for volume_out, key, dtype in targets:
-        written.append(write_volume(volume_out, out_dir / names[key], overwrite=True, inputs=inputs, dtype=dtype))
+    for volume_out, key, dtype in targets:  # without overwrite only files medgen wrote here are replaced
+        write_volume(volume_out, out_dir / names[key], overwrite=True, inputs=inputs, dtype=dtype)
     record = {**result.record, "case_id": task["case_id"], "content_hash": row["content_hash"],
               "outputs": {key: names[key] for key in [t[1] for t in targets] + ["record_path"]}}
-    written.append(write_text_atomic(out_dir / names["record_path"], json.dumps(record, indent=1)))
+    write_text_atomic(out_dir / names["record_path"], json.dumps(record, indent=1))
     row.update(status="ok", error="", output_path=names["output_path"], record_path=names["record_path"],
                mask_path=names["mask_path"] if config.write_body_mask else "",
                label_path=names["label_path"] if result.label is not None else "",
                output_shape=result.image.shape, output_spacing=result.image.spacing)
-    row["seconds"] = f"{time.perf_counter() - start:.2f}"
     return row
+
+
+def _row_of(task: dict) -> dict:
+    """The manifest columns a case has before (or without) any work: who it is, with which config."""
+    return {"case_id": task["case_id"], "source_path": task["path"], "label_source_path": task.get("label_path") or "",
+            "series_uid": task.get("series_uid") or "", "modality": task["config"]["modality"],
+            "config_hash": task["config_hash"]}
 
 
 def _case_hash(task: dict) -> str:
@@ -186,19 +221,7 @@ def _case_hash(task: dict) -> str:
         parts.append(task["series_uid"])
     if len(parts) == 1:
         return parts[0]
-    import hashlib
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
-
-
-def _is_done(previous: dict, row: dict, out_dir: Path) -> bool:
-    if previous.get("status") != "ok":
-        return False
-    if previous.get("content_hash") != row["content_hash"] or previous.get("config_hash") != row["config_hash"]:
-        log.info("%s: input or config changed since the last run; preprocessing again", row["case_id"])
-        return False
-    from medgen.io.ownership import owns
-    needed = [previous.get(k) for k in ("output_path", "record_path", "mask_path", "label_path") if previous.get(k)]
-    return all(owns(out_dir / name) for name in needed)  # present and still the bytes medgen wrote
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,6 +243,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
         overrides: ``key=value`` config overrides.
         workers: parallel worker processes (1 = in this process).
         overwrite: replace existing files in ``output_dir`` that medgen did not write (the user's own).
+            Cases already done with the same input and config are still skipped.
         series_uid: the series to read from DICOM folders holding several.
         labels: label-map files/folders, paired with images by case id (:func:`gather_cases`).
         mlflow: log one MLflow run.
@@ -231,11 +255,7 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     Raises:
         ConfigError, InputError, OutputError: problems found before any case is processed.
     """
-    from medgen.config import config_hash
-    from medgen.io.outdir import claim_output_dir
-    from medgen.progress import progress
     from medgen.tracking import start_run, write_run_info
-    from medgen.transforms.recipes import load_preprocess_config
 
     start = time.perf_counter()
     if modality is None and config is None:
@@ -250,42 +270,18 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
                           outputs=(MANIFEST_NAME, "mlflow_run.json"), min_free_bytes=64 * 2**20) as out_dir:
         manifest = Manifest(out_dir / MANIFEST_NAME)
         summary = PreprocessSummary(out_dir, manifest.path)
-        chash = config_hash(cfg)
-
-        tasks = []
-        for case in cases:
-            previous = manifest.get(case.case_id)
-            label = label_paths.get(case.case_id)
-            tasks.append({"case_id": case.case_id, "path": str(case.path.resolve()),
-                          "label_path": str(Path(label).resolve()) if label else None, "series_uid": series_uid,
-                          "config": cfg.model_dump(mode="json"), "config_hash": chash, "out_dir": str(out_dir),
-                          "overwrite": overwrite, "previous": previous})
-            if previous is None:  # listed before any output of it exists (ownership itself is in the ledger)
-                manifest.update({"case_id": case.case_id, "status": "pending", "source_path": str(case.path.resolve()),
-                                 "modality": cfg.modality, "config_hash": chash})
+        jobs = _jobs(cases, label_paths, cfg, config_hash(cfg), out_dir, series_uid, overwrite, manifest)
         manifest.save()
 
         with start_run("preprocess", output_dir=out_dir, enabled=mlflow) as tracker:
             tracker.log_config(cfg)
             tracker.log_params({"inputs": " ".join(str(i) for i in inputs), "workers": workers, "n_cases": len(cases)})
-            bar = progress(total=len(tasks), desc=f"preprocess {cfg.modality}", unit="case")
-            try:
-                last_save = time.monotonic()
-                for row in _run_tasks(tasks, workers, executor):
-                    skipped = bool(row.pop("_skipped", False))
-                    manifest.commit(row)  # journaled at once; the CSV is rewritten every few seconds
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        manifest.save()
-                        last_save = time.monotonic()
-                    if row["status"] == "ok":
-                        (summary.skipped if skipped else summary.done).append(row["case_id"])
-                        log.debug("%s: %s", row["case_id"], "skipped (already done)" if skipped else "ok")
-                    else:
-                        summary.failed[row["case_id"]] = row["error"]
-                        log.warning("case %s failed: %s", row["case_id"], row["error"])
-                    bar.update(1)
+            journal = _Journal(manifest, summary)
+            try:  # the guard: the done checks read the folder's ownership ledger once, incrementally
+                with guarded(out_dir, overwrite=overwrite):
+                    run_batch(jobs, workers=workers, overwrite=overwrite, redo_done=False,
+                              desc=f"preprocess {cfg.modality}", executor=executor, on_report=journal)
             finally:
-                bar.close()
                 manifest.save()
             summary.seconds = time.perf_counter() - start
             if summary.skipped:
@@ -299,14 +295,45 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     return summary
 
 
-def _run_tasks(tasks: list[dict], workers: int, executor: str | None = "local"):
-    """Yield result rows as cases finish: in this process, a local pool or on Dask (:mod:`medgen.pipelines.executor`)."""
-    from medgen.pipelines.executor import run_tasks
-    for i, row, error in run_tasks(process_case, tasks, workers=workers, executor=executor):
-        if error is not None:  # e.g. a worker killed by the OOM killer
-            task = tasks[i]
-            row = {"case_id": task["case_id"], "status": "failed", "source_path": task["path"],
-                   "error": f"{task['path']}: {error}. Fix: rerun the same command (finished cases are kept); if it "
-                            "recurs use fewer --workers (memory), and when calling run_preprocess from a script, "
-                            "guard it with if __name__ == '__main__'", "config_hash": task["config_hash"]}
-        yield row
+def _jobs(cases: list[CaseInput], label_paths: dict[str, Path], cfg, chash: str, out_dir: Path,
+          series_uid: str | None, overwrite: bool, manifest: Manifest) -> list[PreprocessJob]:
+    """One batch job per case; a case new to the manifest gets a ``pending`` row at once."""
+    jobs = []
+    for case in cases:
+        previous = manifest.get(case.case_id)
+        label = label_paths.get(case.case_id)
+        task = {"case_id": case.case_id, "path": str(case.path.resolve()),
+                "label_path": str(Path(label).resolve()) if label else None, "series_uid": series_uid,
+                "config": cfg.model_dump(mode="json"), "config_hash": chash, "out_dir": str(out_dir),
+                "overwrite": overwrite, "previous": previous}
+        files = [out_dir / name for name in output_names(case.case_id).values()]
+        jobs.append(PreprocessJob(case.case_id, task["path"], files=files, done=[files[-1]], fn=process_case,
+                                  payload=task))
+        if previous is None:  # listed before any output of it exists (ownership itself is in the ledger)
+            manifest.update({**_row_of(task), "status": "pending"})
+    return jobs
+
+
+class _Journal:
+    """The batch's ``on_report``: each finished case's manifest row is journaled at once (the CSV
+    is rewritten every few seconds) and counted in the summary."""
+
+    def __init__(self, manifest: Manifest, summary: PreprocessSummary):
+        self.manifest, self.summary = manifest, summary
+        self.last_save = time.monotonic()
+
+    def __call__(self, job: BatchJob, report: CaseReport) -> None:
+        if report.status == "skipped":  # its ok row stays as it is
+            self.summary.skipped.append(job.case_id)
+            return
+        if report.status == "ok":
+            self.manifest.commit(report.row)
+            self.summary.done.append(job.case_id)
+        else:
+            row = {**_row_of(job.payload), "status": "failed", "error": report.error,
+                   "seconds": f"{report.timings['total']:.2f}" if "total" in report.timings else ""}
+            self.manifest.commit(row)
+            self.summary.failed[job.case_id] = report.error
+        if time.monotonic() - self.last_save > SAVE_EVERY_S:
+            self.manifest.save()
+            self.last_save = time.monotonic()

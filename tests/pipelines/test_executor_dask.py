@@ -95,3 +95,33 @@ def test_unreachable_scheduler_fails_before_any_case(tmp_path):
     with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
         run_batch(_jobs(tmp_path, {"a": "ok"}), executor=f"dask://127.0.0.1:{port}")
     assert not (tmp_path / "a.txt").exists()
+
+
+@pytest.mark.slow
+def test_preprocess_on_dask_isolates_a_bad_case_and_resumes_from_its_manifest(tmp_path, dask_address):
+    """``medgen preprocess --executor dask://...``: the same engine, manifest and resume as locally."""
+    import csv
+
+    from medgen.data.phantoms import make_phantom
+    from medgen.io.volume import Volume
+    from medgen.io.writers import write_volume
+    from medgen.pipelines.preprocess import run_preprocess
+
+    inputs = tmp_path / "in"
+    for i in range(2):
+        p = make_phantom(30 + i, shape=(32, 28, 12))
+        write_volume(Volume(p.ct, p.affine), inputs / f"c{i}.nii.gz")
+    (inputs / "broken.nii.gz").write_text("not a volume")
+    out = tmp_path / "out"
+    first = run_preprocess([inputs], out, modality="ct", mlflow=False, executor=dask_address)
+    assert sorted(first.done) == ["c0", "c1"] and list(first.failed) == ["broken"]
+    assert "broken.nii.gz" in first.failed["broken"]
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = {r["case_id"]: r for r in csv.DictReader(fh)}
+    assert rows["c0"]["status"] == "ok" and rows["broken"]["status"] == "failed" and rows["broken"]["config_hash"]
+    again = run_preprocess([inputs], out, modality="ct", mlflow=False, executor=dask_address)
+    assert sorted(again.skipped) == ["c0", "c1"] and not again.done and list(again.failed) == ["broken"]
+    changed = run_preprocess([inputs / "c0.nii.gz"], out, modality="ct", overrides=["crop.margin_mm=4"], mlflow=False,
+                             executor=dask_address)
+    assert changed.done == ["c0"]
+    assert not list(out.glob(".*in_progress")) and not [p for p in out.iterdir() if ".tmp" in p.name]
