@@ -317,6 +317,18 @@ def write_run_info(output_dir: str | Path, tracker: Tracker) -> None:
     write_text_atomic(Path(output_dir) / "mlflow_run.json", json.dumps(info, indent=1))
 
 
+def finish_dataset_run(tracker: Tracker, output_dir: str | Path, files: list[str | Path], *,
+                       figure: str | Path | None, metrics: dict[str, float]) -> None:
+    """End a run that wrote a dataset (``generate``, ``synthesize``): log its index ``files``, its QC
+    ``figure`` (when one was drawn) and ``metrics``, then leave ``mlflow_run.json`` beside it."""
+    for path in files:
+        tracker.log_artifact(path)
+    if figure is not None:
+        tracker.log_figure_png(figure)
+    tracker.log_metrics(metrics)
+    write_run_info(output_dir, tracker)
+
+
 def download_model(uri: str) -> Path:
     """Download an MLflow model/artifact URI (``models:/name/1``, ``runs:/id/bundle``) to a temp folder.
 

@@ -31,7 +31,7 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
     from medgen.inference.generate import AnatomyGenerator, generate_dataset
     from medgen.data.label_names import read_label_names
     from medgen.io.outdir import claim_output_dir
-    from medgen.tracking import start_run, write_run_info
+    from medgen.tracking import finish_dataset_run, start_run
 
     output = Path(output)
     generator = AnatomyGenerator(model, device=device, precision=precision)
@@ -46,12 +46,8 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
                             "precision": precision})
         entries = generate_dataset(generator, output, n=n, seed=seed, labels=labels, label_names=names)
         qc = _qc_picture(output, entries[:3], generator.modality)
-        tracker.log_artifact(output / "datalist.json")
-        tracker.log_artifact(output / "label_names.json")
-        if qc is not None:
-            tracker.log_artifact(qc, "figures")
-        tracker.log_metrics({"n_generated": len(entries)})
-        write_run_info(output, tracker)
+        finish_dataset_run(tracker, output, [output / "datalist.json", output / "label_names.json"], figure=qc,
+                           metrics={"n_generated": len(entries)})
     log.info("wrote %d synthetic volumes to %s", len(entries), output)
     return output / "datalist.json"
 

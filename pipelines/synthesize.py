@@ -33,7 +33,7 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
     from medgen.io.outdir import claim_output_dir
     from medgen.io.writers import write_volume
     from medgen.progress import progress
-    from medgen.tracking import start_run, write_run_info
+    from medgen.tracking import finish_dataset_run, start_run
 
     if n < 1:
         raise InputError(f"-n must be at least 1, got {n}", path="-n", fix="pass -n N with N >= 1")
@@ -78,11 +78,7 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
                     "seed": config.seed, "training": [{"image": e["image"], "label": e["label"]} for e in entries]}
         write_text_atomic(output / "datalist.json", json.dumps(datalist, indent=1))
         qc = _qc_montage(output, entries[:4])
-        tracker.log_artifact(output / "datalist.json")
-        if qc is not None:
-            tracker.log_artifact(qc, "figures")
-        tracker.log_metrics({"n_rendered": len(entries)})
-        write_run_info(output, tracker)
+        finish_dataset_run(tracker, output, [output / "datalist.json"], figure=qc, metrics={"n_rendered": len(entries)})
     log.info("wrote %d renderings to %s", len(entries), output)
     return output / "datalist.json"
 

@@ -36,19 +36,14 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
     from medgen.data.inputs import collect_pairs
     from medgen.data.label_image_pairs import load_pairs
     from medgen.data.label_names import read_label_names
-    from medgen.runtime import resolve_device, seed_everything
+    from medgen.runtime import seed_everything
     from medgen.tracking import start_run, write_run_info
     from medgen import distributed
     from medgen.training.generator import GeneratorTask
     from medgen.training.loop import LoopSettings, run_training
+    from medgen.training.start import start_training
 
-    if max_steps is not None:
-        from medgen.config import with_value
-        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    distributed.init_distributed(dev)
+    config, output, dev = start_training(config, output, device=device, max_steps=max_steps)
     seed_everything(config.train.seed + distributed.rank())
     names = read_label_names(label_names)
     cases = collect_pairs(images, labels)

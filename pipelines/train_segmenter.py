@@ -61,19 +61,14 @@ def train_segmenter(
     from medgen.data.label_names import read_label_names
     from medgen.io.readers import read_volume
     from medgen.models.bundle import BundleSpec, save_bundle
-    from medgen.runtime import resolve_device, seed_everything
+    from medgen.runtime import seed_everything
     from medgen.tracking import start_run, write_run_info
     from medgen import distributed
     from medgen.training.loop import LoopSettings, run_training
     from medgen.training.segmenter import SegmenterTask, input_spec, plan_labels
+    from medgen.training.start import start_training
 
-    if max_steps is not None:
-        from medgen.config import with_value
-        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    distributed.init_distributed(dev)
+    config, output, dev = start_training(config, output, device=device, max_steps=max_steps)
     seed = config.train.seed
     seed_everything(seed + distributed.rank())
 

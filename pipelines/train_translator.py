@@ -100,28 +100,26 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig,
 
 
 def _read_record(case) -> dict | None:
-    row = case.row or {}
-    for key in ("record_path", "record"):
-        if row.get(key):
-            path = Path(row[key])
-            path = path if path.is_absolute() else Path(case.path).parent / path.name
-            if path.exists():
-                return json.loads(path.read_text())
-    stem = Path(case.path).name.split(".nii")[0]
-    guess = Path(case.path).with_name(stem + ".json")
-    return json.loads(guess.read_text()) if guess.exists() else None
+    path = _companion(case, ("record_path", "record"), ".json")
+    return json.loads(path.read_text()) if path else None
 
 
 def _mask_path(case) -> Path | None:
+    return _companion(case, ("mask_path", "body_mask_path"), "_mask.nii.gz")
+
+
+def _companion(case, keys: tuple[str, ...], suffix: str) -> Path | None:
+    """A file medgen preprocess wrote beside a case's volume (its record, its body mask): named by
+    the case's manifest row (``keys``), else ``<stem><suffix>`` next to the volume; None if absent."""
     row = case.row or {}
-    for key in ("mask_path", "body_mask_path"):
+    for key in keys:
         if row.get(key):
             path = Path(row[key])
             path = path if path.is_absolute() else Path(case.path).parent / path.name
             if path.exists():
                 return path
     stem = Path(case.path).name.split(".nii")[0]
-    guess = Path(case.path).with_name(stem + "_mask.nii.gz")
+    guess = Path(case.path).with_name(stem + suffix)
     return guess if guess.exists() else None
 
 
@@ -269,19 +267,14 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
         val_mr, val_ct: optional paired validation cases (MAE/PSNR/SSIM in HU).
         paired_cases: ready-made validation cases (see :func:`make_paired_case`), added to those.
     """
-    from medgen.runtime import resolve_device, resolve_precision, seed_everything
+    from medgen.runtime import resolve_precision, seed_everything
     from medgen.tracking import start_run, write_run_info
     from medgen import distributed
     from medgen.training.loop import LoopSettings, read_history, run_training
+    from medgen.training.start import start_training
     from medgen.training.translator import TranslatorTask
 
-    if max_steps is not None:
-        from medgen.config import with_value
-        config = with_value(config, "train.steps", max_steps, source="--max-steps")  # validated: >= 1
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    distributed.init_distributed(dev)
+    config, run_dir, dev = start_training(config, run_dir, device=device, max_steps=max_steps)
     dtype = resolve_precision(config.train.precision, dev)
     log.info("device %s, precision %s", dev, dtype)
     check_translator_inputs(config, mr_inputs, ct_inputs, ct_labels)

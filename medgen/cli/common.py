@@ -16,6 +16,28 @@ def add_training_args(parser, default_config: str) -> None:
     add_device(parser, precision=False)
 
 
+def add_paired_inputs(parser, images_help: str, *, label_names_example: str = "") -> None:
+    """``--images``, ``--labels`` (paired with them by case id) and ``--label-names`` of a trainer."""
+    parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help=images_help)
+    parser.add_argument("--labels", nargs="+", required=True, metavar="LBL",
+                        help="label maps, one per image (paired by case id, else by position)")
+    parser.add_argument("--label-names", default=None, metavar="JSON",
+                        help='id -> name JSON ({"1": "liver", ...}); FILE#KEY picks one entry of a class map'
+                             + label_names_example)
+
+
+def training_overrides(args) -> list[str]:
+    """The ``--set`` overrides of a training command, plus ``--seed`` as ``train.seed``."""
+    return list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+
+
+def add_batch_args(parser, *, overwrite_help: str = "replace existing outputs (never an input)") -> None:
+    """``--workers``, ``--executor`` and ``--overwrite`` of a per-case batch command (:mod:`medgen.pipelines.batch`)."""
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    add_executor(parser)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
 def add_executor(parser) -> None:
     """``--executor local|dask://HOST:PORT``: where a batch's cases run (:mod:`medgen.pipelines.executor`)."""
     parser.add_argument("--executor", default="local", metavar="EXECUTOR",

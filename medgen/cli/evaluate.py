@@ -43,17 +43,19 @@ def register(sub) -> None:
 
 
 def run_segmentation(args) -> int:
-    from medgen.pipelines.evaluate import evaluate_segmentation, write_report
-    report = evaluate_segmentation(args.pred, args.ref, pred_labels=args.pred_labels, ref_labels=args.ref_labels)
-    text = write_report(report, args.output, overwrite=args.overwrite)
-    if args.output is None:
-        print(text)
-    return 0
+    from medgen.pipelines.evaluate import evaluate_segmentation
+    return _report(evaluate_segmentation(args.pred, args.ref, pred_labels=args.pred_labels,
+                                         ref_labels=args.ref_labels), args)
 
 
 def run_translation(args) -> int:
-    from medgen.pipelines.evaluate import evaluate_translation, write_report
-    report = evaluate_translation(args.pred, args.ref, mask_path=args.mask, data_range=args.data_range)
+    from medgen.pipelines.evaluate import evaluate_translation
+    return _report(evaluate_translation(args.pred, args.ref, mask_path=args.mask, data_range=args.data_range), args)
+
+
+def _report(report, args) -> int:
+    """Write ``report`` to ``-o`` (atomically), or print it when no ``-o`` was given."""
+    from medgen.pipelines.evaluate import write_report
     text = write_report(report, args.output, overwrite=args.overwrite)
     if args.output is None:
         print(text)

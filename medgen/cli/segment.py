@@ -33,10 +33,8 @@ def register(sub) -> None:
     parser.add_argument("--modality", default="CT", help="series of a DICOMweb study URL to segment")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
-    from medgen.cli.common import add_executor
-    add_executor(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    from medgen.cli.common import add_batch_args
+    add_batch_args(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)

@@ -48,10 +48,8 @@ def register(sub) -> None:
                              "masks) in labels.json, the summary and the QC picture; low agreement is flagged")
     parser.add_argument("--agreement-threshold", type=float, default=0.7,
                         help="agreement below which a case or structure is flagged")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
-    from medgen.cli.common import add_executor
-    add_executor(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    from medgen.cli.common import add_batch_args
+    add_batch_args(parser)
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
 

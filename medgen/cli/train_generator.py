@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medgen.cli.common import add_training_args, subparser
+from medgen.cli.common import add_paired_inputs, add_training_args, subparser, training_overrides
 
 DEFAULT_CONFIG = "generator/label2ct"
 
@@ -16,12 +16,7 @@ def register(trainers) -> None:
                     "RUN_DIR/bundle (with the training label maps, so 'medgen generate' can sample new anatomies). "
                     "Use -c generator/label2mr for MR images.")
     add_training_args(parser, DEFAULT_CONFIG)
-    parser.add_argument("--images", nargs="+", required=True, metavar="IMG",
-                        help="images (CT in HU, or MR): files, folders, DICOM series folders or a manifest")
-    parser.add_argument("--labels", nargs="+", required=True, metavar="LBL",
-                        help="label maps, one per image (paired by case id, else by position)")
-    parser.add_argument("--label-names", default=None, metavar="JSON",
-                        help='id -> name JSON ({"1": "liver", ...}); FILE#KEY picks one entry of a class map')
+    add_paired_inputs(parser, "images (CT in HU, or MR): files, folders, DICOM series folders or a manifest")
     parser.set_defaults(handler=run)
 
 
@@ -30,10 +25,7 @@ def run(args) -> int:
     from medgen.pipelines.train_generator import train_generator
     from medgen.training.generator import GeneratorConfig
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    config = load_config(args.config, GeneratorConfig, default=DEFAULT_CONFIG, overrides=overrides)
+    config = load_config(args.config, GeneratorConfig, default=DEFAULT_CONFIG, overrides=training_overrides(args))
     bundle = train_generator(config, images=args.images, labels=args.labels, output=args.output,
                              label_names=args.label_names, max_steps=args.max_steps, resume=args.resume,
                              device=args.device, mlflow=not args.no_mlflow)

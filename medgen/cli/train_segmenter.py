@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medgen.cli.common import add_training_args, subparser
+from medgen.cli.common import add_paired_inputs, add_training_args, subparser, training_overrides
 
 DEFAULT_CONFIG = "segmenter/ct_unet"
 
@@ -15,13 +15,8 @@ def register(trainers) -> None:
         description="Train a 3D CT segmenter on CT volumes and label maps. Writes RUN_DIR/checkpoints, "
                     "RUN_DIR/metrics.jsonl and RUN_DIR/bundle (registered in MLflow as medgen-segmenter).")
     add_training_args(parser, DEFAULT_CONFIG)
-    parser.add_argument("--images", nargs="+", required=True, metavar="IMG",
-                        help="CT volumes (files, folders, DICOM series folders or a manifest)")
-    parser.add_argument("--labels", nargs="+", required=True, metavar="LBL",
-                        help="label maps, one per image (paired by case id, else by position)")
-    parser.add_argument("--label-names", default=None, metavar="JSON",
-                        help='id -> name JSON ({"1": "liver", ...}); FILE#KEY picks one entry of a class map '
-                             "(e.g. TotalSegmentator's class_map.json#total)")
+    add_paired_inputs(parser, "CT volumes (files, folders, DICOM series folders or a manifest)",
+                      label_names_example=" (e.g. TotalSegmentator's class_map.json#total)")
     parser.add_argument("--include", default=None, metavar="NAME,NAME",
                         help="train on these labels only (others become background); glob patterns and "
                              "NEW=PATTERN|PATTERN merge labels, e.g. vertebrae=vertebrae_*")
@@ -45,9 +40,7 @@ def run(args) -> int:
     from medgen.training.segmenter import SegmenterConfig
     from medgen.pipelines.train_segmenter import train_segmenter
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+    overrides = training_overrides(args)
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
     config = load_config(args.config, SegmenterConfig, default=DEFAULT_CONFIG, overrides=overrides)

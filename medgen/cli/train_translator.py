@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medgen.cli.common import add_training_args, subparser
+from medgen.cli.common import add_training_args, subparser, training_overrides
 
 DEFAULT_CONFIG = "translator/cyclegan_25d"
 
@@ -44,10 +44,7 @@ def run(args) -> int:
     from medgen.pipelines.train_translator import train_translator
     from medgen.training.translator import TranslatorConfig
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    config = load_config(args.config, TranslatorConfig, default=DEFAULT_CONFIG, overrides=overrides)
+    config = load_config(args.config, TranslatorConfig, default=DEFAULT_CONFIG, overrides=training_overrides(args))
     if bool(args.val_mr) != bool(args.val_ct):
         raise InputError("--val-mr and --val-ct must be given together", fix="pass both, paired in the same order")
     from medgen.pipelines.train_translator import check_translator_inputs

@@ -23,12 +23,10 @@ def register(sub) -> None:
                         help="output file (.nii.gz, .nrrd, .mha) for one scan, or an output folder for many")
     parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="run dir, bundle dir or MLflow URI")
     parser.add_argument("--series-uid", default=None, help="pick one series of a DICOM folder holding several")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file, also one medgen did not write")
     parser.add_argument("--keep-background", action="store_true",
                         help="do not force voxels outside the MR body mask to air")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
-    from medgen.cli.common import add_executor
-    add_executor(parser)
+    from medgen.cli.common import add_batch_args
+    add_batch_args(parser, overwrite_help="replace an existing output file, also one medgen did not write")
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
 

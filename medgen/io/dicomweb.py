@@ -67,16 +67,21 @@ class DicomWebRef:
         return DicomWebRef(self.base, self.study_uid, series_uid)
 
 
+def _refuse_credentials(text: str) -> None:
+    """Raise :class:`InputError` (without echoing them) when the URL ``text`` embeds a user or password."""
+    parts = urlsplit(text)
+    if parts.username or parts.password:
+        raise InputError("has credentials in the URL; medgen never takes them on the command line",
+                         path=f"{parts.scheme}://{parts.hostname}{parts.path}", fix=CREDENTIALS_FIX)
+
+
 def parse_url(text: str) -> DicomWebRef:
     """The server root, study and (optional) series of a DICOMweb URL.
 
     Raises:
         InputError: not a study/series URL, or credentials embedded in it.
     """
-    parts = urlsplit(text)
-    if parts.username or parts.password:
-        raise InputError("has credentials in the URL; medgen never takes them on the command line",
-                         path=f"{parts.scheme}://{parts.hostname}{parts.path}", fix=CREDENTIALS_FIX)
+    _refuse_credentials(text)
     match = _URL.match(text)
     if not match:
         raise InputError("is not a DICOMweb study or series URL", path=text,
@@ -166,10 +171,7 @@ def query_series(text: str, modality: str | None = None) -> list[DicomWebRef]:
         InputError: a malformed query, credentials in the URL, or the server's refusal.
     """
     from urllib.parse import parse_qsl
-    parts = urlsplit(text)
-    if parts.username or parts.password:
-        raise InputError("has credentials in the URL; medgen never takes them on the command line",
-                         path=f"{parts.scheme}://{parts.hostname}{parts.path}", fix=CREDENTIALS_FIX)
+    _refuse_credentials(text)
     match = _QUERY.match(text)
     if not match:
         raise InputError("is not a DICOMweb series query", path=text,

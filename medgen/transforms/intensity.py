@@ -79,17 +79,7 @@ def range_to_unit(x, lo: float, hi: float, *, clip: bool = True):
         array([-1.,  0.,  1.,  1.])
     """
     lo, hi = _check_window((lo, hi))
-    if _is_numpy(x):
-        x = np.asarray(x)
-        out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-        y = x.astype(np.float64, copy=False)
-        if clip:
-            y = np.clip(y, lo, hi)
-        return (2.0 * (y - lo) / (hi - lo) - 1.0).astype(out_dtype)
-    y = x if x.is_floating_point() else x.float()
-    if clip:
-        y = y.clamp(lo, hi)
-    return 2.0 * (y - lo) / (hi - lo) - 1.0
+    return _linear(x, (lo, hi) if clip else None, lambda y: 2.0 * (y - lo) / (hi - lo) - 1.0)
 
 
 def unit_to_range(x, lo: float, hi: float, *, clip: bool = False):
@@ -98,17 +88,25 @@ def unit_to_range(x, lo: float, hi: float, *, clip: bool = False):
     With ``clip`` the input is first clipped to [-1, 1] (useful for network outputs).
     """
     lo, hi = _check_window((lo, hi))
+    return _linear(x, (-1.0, 1.0) if clip else None, lambda y: (y + 1.0) * 0.5 * (hi - lo) + lo)
+
+
+def _linear(x, bounds: tuple[float, float] | None, fn):
+    """``fn`` of ``x`` clipped to ``bounds`` (None: not clipped), for NumPy and torch alike.
+
+    NumPy computes in float64 and returns the input's float dtype (float32 for integers); torch
+    computes in the tensor's float dtype."""
     if _is_numpy(x):
         x = np.asarray(x)
         out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
         y = x.astype(np.float64, copy=False)
-        if clip:
-            y = np.clip(y, -1.0, 1.0)
-        return ((y + 1.0) * 0.5 * (hi - lo) + lo).astype(out_dtype)
+        if bounds is not None:
+            y = np.clip(y, *bounds)
+        return fn(y).astype(out_dtype)
     y = x if x.is_floating_point() else x.float()
-    if clip:
-        y = y.clamp(-1.0, 1.0)
-    return (y + 1.0) * 0.5 * (hi - lo) + lo
+    if bounds is not None:
+        y = y.clamp(*bounds)
+    return fn(y)
 
 
 def hu_to_unit(hu, window=(-1000.0, 1000.0)):
