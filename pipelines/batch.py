@@ -38,6 +38,9 @@ from typing import Any, Callable
 
 from medgen.errors import MedgenError
 from medgen.io import ownership
+from medgen.io.atomic import write_text_atomic
+from medgen.pipelines.executor import WORKER_DIED, run_tasks
+from medgen.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +157,6 @@ def _run_pool(todo: list[BatchJob], workers: int, desc: str, executor: str | Non
               on_report: Callable[[BatchJob, CaseReport], None]) -> list[CaseReport]:
     """Run ``todo`` in a local pool or on a Dask cluster (:mod:`medgen.pipelines.executor`);
     a dead worker fails only its unfinished cases."""
-    from medgen.pipelines.executor import WORKER_DIED, run_tasks
-    from medgen.progress import progress
-
     reports: dict[int, CaseReport] = {}
     bar = progress(total=len(todo), desc=desc, unit="case")
     try:
@@ -210,7 +210,6 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
     log.info("%d cases: %d to do, %d already done", len(jobs), len(todo), len(reports))
     start = time.perf_counter()
     if (executor in (None, "local")) and (workers <= 1 or len(todo) <= 1):
-        from medgen.progress import progress
         for job in progress(todo, desc=desc, unit="case"):
             reports.append(run_job(job))
             on_report(job, reports[-1])
@@ -221,7 +220,6 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
 
 def write_summary(path: Path, reports: list[CaseReport], *, seconds: float, **extra) -> dict:
     """Write the batch summary JSON atomically (counts, seconds, ``extra``, one entry per case)."""
-    from medgen.io.atomic import write_text_atomic
     summary = {"n_scans": len(reports), "ok": sum(r.status == "ok" for r in reports),
                "skipped": sum(r.status == "skipped" for r in reports),
                "failed": sum(r.status == "failed" for r in reports), "seconds": round(seconds, 2),

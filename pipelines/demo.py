@@ -38,6 +38,28 @@ from typing import Callable, Literal
 import numpy as np
 
 from medgen.config import StrictModel, load_config
+from medgen.data.phantoms import make_phantom
+from medgen.errors import OutputError
+from medgen.io.atomic import ensure_writable_dir, write_text_atomic
+from medgen.io.readers import read_volume
+from medgen.io.volume import Volume
+from medgen.io.writers import write_volume
+from medgen.metrics.image import mae, psnr, ssim
+from medgen.metrics.segmentation import per_label_scores
+from medgen.models.segmenters import load_segmenter
+from medgen.pipelines.demo_report import build_report
+from medgen.pipelines.generate import generate
+from medgen.pipelines.preprocess import run_preprocess
+from medgen.pipelines.segment_mr import ChainOptions, segment_mr
+from medgen.pipelines.train_generator import train_generator
+from medgen.pipelines.train_segmenter import train_segmenter
+from medgen.pipelines.train_translator import train_translator
+from medgen.progress import progress
+from medgen.runtime import resolve_device, seed_everything
+from medgen.tracking import start_run, write_run_info
+from medgen.training.generator import GeneratorConfig
+from medgen.training.segmenter import SegmenterConfig
+from medgen.training.translator import TranslatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +207,6 @@ def make_phantom_sets(out_dir: Path, settings: PhantomSettings) -> dict:
     two); validation cases (used by the trainers to report progress) and test cases (never seen
     in training; the ground truth for scoring) keep all three.
     """
-    from medgen.data.phantoms import make_phantom
-    from medgen.io.atomic import write_text_atomic
-    from medgen.io.volume import Volume
-    from medgen.io.writers import write_volume
-    from medgen.progress import progress
-
     base = settings.seed * 10_000
     sets = {"ct_train": (base + 100, settings.n_ct_train, ("ct", "labels")),
             "mr_train": (base + 200, settings.n_mr_train, ("mr",)),
@@ -224,7 +240,6 @@ def make_phantom_sets(out_dir: Path, settings: PhantomSettings) -> dict:
 
 def preprocess_training_data(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow: bool) -> dict:
     """Preprocess the training CTs and MRs (manifests; the translator trains on them as they are)."""
-    from medgen.pipelines.preprocess import run_preprocess
     outputs = {}
     for modality, set_name in (("ct", "ct_train"), ("mr", "mr_train")):
         inputs = [c[modality] for c in phantoms["sets"][set_name]]
@@ -251,8 +266,6 @@ def train_synth_segmenter(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlf
 def _train_segmenter_stage(run_dir: Path, cfg: DemoConfig, stage: TrainSettings, phantoms: dict, *,
                            validate: bool, mlflow: bool) -> dict:
     """One segmenter stage on the training CTs + labels (``validate``: on the paired validation phantom)."""
-    from medgen.pipelines.train_segmenter import train_segmenter
-    from medgen.training.segmenter import SegmenterConfig
     config = load_config(stage.config, SegmenterConfig, default=stage.config,
                          overrides=[f"train.seed={cfg.seed}", *stage.overrides])
     train = phantoms["sets"]["ct_train"]
@@ -267,8 +280,6 @@ def _train_segmenter_stage(run_dir: Path, cfg: DemoConfig, stage: TrainSettings,
 def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, preprocessed: dict | None, *,
                            segmenter_dir: str | None, mlflow: bool) -> dict:
     """Train the MR->CT translator on unpaired training MRs and CTs (validated on a paired phantom)."""
-    from medgen.pipelines.train_translator import train_translator
-    from medgen.training.translator import TranslatorConfig
     stage = cfg.translator
     overrides = [f"train.seed={cfg.seed}", *stage.overrides]
     if cfg.translator_shape_consistency and segmenter_dir:
@@ -291,11 +302,6 @@ def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_d
                      translator_dir: str | None, synth_segmenter_dir: str | None = None) -> dict:
     """Segment each held-out MR through the chain, the baselines and (when trained) the contrast-agnostic
     segmenter directly; the CT segmenter on the true CT."""
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
-    from medgen.models.segmenters import load_segmenter
-    from medgen.pipelines.segment_mr import ChainOptions, segment_mr
-
     methods = {}  # method -> (translator, segmenter)
     if translator_dir:
         methods["chain"] = (translator_dir, segmenter_dir)
@@ -335,8 +341,6 @@ def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_d
 
 def evaluate_test_set(out_dir: Path, phantoms: dict, segmented: dict, segmenter_dir: str, *, mlflow: bool) -> dict:
     """Per-organ Dice of every method and sCT error against the phantom ground truth (one MLflow run)."""
-    from medgen.io.atomic import write_text_atomic
-    from medgen.tracking import start_run
     result = score_test_set(phantoms, segmented, segmenter_dir)
     path = write_text_atomic(out_dir / "segment" / "evaluation.json", json.dumps(result, indent=1, default=_json))
     with start_run("evaluate", output_dir=out_dir / "segment", enabled=mlflow) as tracker:
@@ -352,11 +356,6 @@ def evaluate_test_set(out_dir: Path, phantoms: dict, segmented: dict, segmenter_
 
 def score_test_set(phantoms: dict, segmented: dict, segmenter_dir: str) -> dict:
     """Per-organ Dice of every method and sCT error against the phantom ground truth."""
-    from medgen.io.readers import read_volume
-    from medgen.metrics.image import mae, psnr, ssim
-    from medgen.metrics.segmentation import per_label_scores
-    from medgen.models.segmenters import load_segmenter
-
     ref_names = json.loads(Path(phantoms["label_names"]).read_text())
     pred_names = load_segmenter(segmenter_dir).label_names
     dice: dict[str, dict[str, dict[str, float]]] = {}
@@ -401,9 +400,6 @@ def summarise(dice: dict, translation: dict) -> dict:
 
 def train_and_generate(out_dir: Path, cfg: DemoConfig, phantoms: dict, *, mlflow: bool) -> dict:
     """Train the anatomy generator on the training CTs + labels and generate labelled volumes."""
-    from medgen.pipelines.generate import generate
-    from medgen.pipelines.train_generator import train_generator
-    from medgen.training.generator import GeneratorConfig
     stage = cfg.generator
     config = load_config(stage.config, GeneratorConfig, default=stage.config,
                          overrides=[f"train.seed={cfg.seed}", *stage.overrides])
@@ -429,7 +425,6 @@ def find_sample_mrs(sample_dir: Path) -> list[Path]:
 def segment_real_mrs(out_dir: Path, cfg: DemoConfig, sample_dir: Path, segmenter_dir: str,
                      translator_dir: str) -> dict:
     """Run the chain on the real MR(s) of a sample-data folder (models trained on phantoms only)."""
-    from medgen.pipelines.segment_mr import ChainOptions, segment_mr
     mrs = find_sample_mrs(sample_dir)
     if not mrs:
         raise _StageUnavailable(f"no example_mr_sm.nii.gz under {sample_dir}")
@@ -446,7 +441,6 @@ def segment_real_mrs(out_dir: Path, cfg: DemoConfig, sample_dir: Path, segmenter
 
 
 def _device(name: str) -> str:
-    from medgen.runtime import resolve_device
     return str(resolve_device(name))
 
 
@@ -468,8 +462,6 @@ def prepare_output_dir(out_dir: Path) -> Path:
     """
     import shutil
 
-    from medgen.errors import OutputError
-    from medgen.io.atomic import ensure_writable_dir
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / MARKER).exists():
@@ -502,7 +494,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig, *, sample_data: str | Path
     """Run the whole demo into ``out_dir`` and write its report; see the module docstring."""
     import torch
 
-    from medgen.runtime import seed_everything
     out_dir = prepare_output_dir(Path(out_dir))
     seed_everything(config.seed)
     threads_before = torch.get_num_threads()
@@ -515,10 +506,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig, *, sample_data: str | Path
 
 
 def _run_stages(out_dir: Path, config: DemoConfig, *, sample_data, config_name: str, mlflow: bool) -> DemoResult:
-    from medgen.io.atomic import write_text_atomic
-    from medgen.pipelines.demo_report import build_report
-    from medgen.tracking import start_run, write_run_info
-
     stages = Stages()
     t_start = time.perf_counter()
     with start_run("demo", output_dir=out_dir, tags={"medgen.demo_config": config_name}, enabled=mlflow) as tracker:

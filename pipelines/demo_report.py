@@ -15,6 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from medgen.report import Report
+from medgen.io.atomic import atomic_path
+from medgen.io.geometry import reorient
+from medgen.io.readers import read_volume
+from medgen.tracking import ui_command
+from medgen.training.loop import read_history
+from medgen.viz import CT_SOFT_TISSUE, Panel, label_colormap, percentile_window, plane_slice, save_panels_png
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +69,11 @@ def _centre(labels: np.ndarray, ids: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _ras(volume):
-    from medgen.io.geometry import reorient
     return reorient(volume, "RAS")
 
 
 def _panel(volume, plane: str, centre, *, window=None, overlay=None, title: str = ""):
     """One display panel of ``volume`` (any orientation) through RAS voxel ``centre``."""
-    from medgen.viz import Panel, percentile_window, plane_slice
     index = centre[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]]
     image, aspect = plane_slice(volume, plane, index)
     over = plane_slice(overlay, plane, index)[0] if overlay is not None else None
@@ -89,21 +93,16 @@ def _mask_names(mask_path: str | Path, fallback: dict) -> dict:
 
 
 def _read_mask(path, names: dict):
-    from medgen.io.readers import read_volume
     return display_labels(read_volume(path, kind="label"), _mask_names(path, names))
 
 
 def _blank(title: str):
-    from medgen.viz import Panel
     return Panel(np.zeros((8, 8), np.float32), 1.0, (0.0, 1.0), title=f"{title}\n(not available)")
 
 
 def sample_rows_figure(path: Path, test_cases: list[dict], segmented: dict, names: dict, *,
                        n_cases: int) -> Path | None:
     """Per held-out case, axial and coronal rows: MR | synthetic CT | true CT | chain mask | reference."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import CT_SOFT_TISSUE, save_panels_png
-
     rows = []
     masks = segmented.get("masks", {})
     chain_method = "chain" if "chain" in masks else next(iter(masks), None)
@@ -134,9 +133,6 @@ def sample_rows_figure(path: Path, test_cases: list[dict], segmented: dict, name
 
 def methods_figure(path: Path, case: dict, segmented: dict, names: dict) -> Path | None:
     """One held-out case, axial: the mask of every method next to the reference."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import CT_SOFT_TISSUE, save_panels_png
-
     masks = segmented.get("masks", {})
     cid = case["case_id"]
     mr, ct = read_volume(case["mr"]), read_volume(case["ct"])
@@ -160,7 +156,6 @@ def dice_bar_figure(path: Path, dice_mean: dict, organs: list[str]) -> Path | No
     """Grouped bars: mean Dice per organ for each method."""
     import matplotlib.pyplot as plt
 
-    from medgen.io.atomic import atomic_path
     methods = [m for m in METHOD_ORDER if m in dice_mean]
     organs = [o for o in organs if any(o in dice_mean[m] for m in methods)]
     if not methods or not organs:
@@ -189,8 +184,6 @@ def legend_figure(path: Path, label_names: dict) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from medgen.io.atomic import atomic_path
-    from medgen.viz import label_colormap
     cmap = label_colormap()
     present = {str(v) for v in label_names.values()}
     items = [(name, colour) for name, colour in DISPLAY_COLOURS.items() if name in present]
@@ -217,8 +210,6 @@ def curves_figure(path: Path, name: str, run_dir: str | Path) -> Path | None:
     """
     import matplotlib.pyplot as plt
 
-    from medgen.io.atomic import atomic_path
-    from medgen.training.loop import read_history
     history = read_history(run_dir)
     skip = {"step", "phase", "steps_per_s", "lr"}
     train = [r for r in history if r.get("phase") == "train"]
@@ -285,8 +276,6 @@ def _resolve(base: Path, value: str) -> Path:
 
 def generated_figure(path: Path, pairs: list[tuple[Path, Path]], names: dict, *, ct: bool = True) -> Path | None:
     """Generated volumes: image and image + labels, axial and coronal."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import CT_SOFT_TISSUE, save_panels_png
     rows = []
     for image_path, label_path in pairs:
         image, labels = read_volume(image_path), read_volume(label_path, kind="label")
@@ -304,8 +293,6 @@ def generated_figure(path: Path, pairs: list[tuple[Path, Path]], names: dict, *,
 
 def real_mr_figure(path: Path, case: dict) -> Path:
     """A real MR: MR | synthetic CT | chain mask on the MR, three planes."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import CT_SOFT_TISSUE, save_panels_png
     mr = read_volume(case["mr"])
     mask = _read_mask(case["mask"], {})
     sct = read_volume(case["sct"]) if case.get("sct") and Path(case["sct"]).exists() else None
@@ -477,7 +464,6 @@ def _real_section(report: Report, fig_dir: Path, stages, sample_dir: Path) -> No
                      "segmenter were trained on phantoms only**, so this shows that the workflow runs on real "
                      "files (reading, orientation, writing the mask on the MR's own grid), not that the masks "
                      "are anatomically right; there is no ground truth for these scans.", note=True)
-    from medgen.io.readers import read_volume
     for cid, case in result.outputs.get("cases", {}).items():
         try:
             mask = read_volume(case["mask"], kind="label")
@@ -511,7 +497,6 @@ def _mlflow_section(report: Report, metrics: dict) -> None:
     ml = metrics.get("mlflow", {})
     if not ml.get("tracking_uri"):
         return
-    from medgen.tracking import ui_command
     report.heading("MLflow")
     report.paragraph("The demo is one parent run; every pipeline it ran is a nested run with its resolved config "
                      "(params and `config.yaml`), dataset manifest, metrics per step, sample pictures and exported "

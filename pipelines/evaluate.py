@@ -21,6 +21,13 @@ import numpy as np
 
 from medgen.errors import InputError, OutputError
 from medgen.io.volume import Volume
+from medgen.data.label_names import read_label_names
+from medgen.io.atomic import check_output_path, write_text_atomic
+from medgen.io.geometry import resample_like
+from medgen.io.readers import read_volume
+from medgen.metrics.image import mae, psnr, ssim
+from medgen.metrics.segmentation import match_names, per_label_scores
+from medgen.pipelines.segment_mr import labels_json_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,6 @@ def check_world_overlap(pred: Volume, ref: Volume) -> None:
 
 
 def _on_grid(pred: Volume, ref: Volume, *, order: int) -> tuple[Volume, bool]:
-    from medgen.io.geometry import resample_like
     if pred.same_grid(ref):
         return pred, False
     check_world_overlap(pred, ref)
@@ -66,9 +72,7 @@ def _on_grid(pred: Volume, ref: Volume, *, order: int) -> tuple[Volume, bool]:
 def load_label_names(ref: str | Path | None, volume_path: str | Path) -> dict[int, str] | None:
     """Names from ``--*-labels`` (JSON id->name, ``FILE#KEY``, or a ``.labels.json`` written by segment-mr),
     else a ``<mask>.labels.json`` beside the volume, else None."""
-    from medgen.data.label_names import read_label_names
     if ref is None:
-        from medgen.pipelines.segment_mr import labels_json_path
         side = labels_json_path(Path(volume_path))
         if not side.exists():
             return None
@@ -86,8 +90,6 @@ def load_label_names(ref: str | Path | None, volume_path: str | Path) -> dict[in
 
 def evaluate_segmentation(pred_path, ref_path, *, pred_labels=None, ref_labels=None) -> dict:
     """Per-label Dice/HD95 (by name) plus their means; see the module docstring."""
-    from medgen.io.readers import read_volume
-    from medgen.metrics.segmentation import match_names, per_label_scores
     pred = read_volume(pred_path, kind="label")
     ref = read_volume(ref_path, kind="label")
     check_world_overlap(pred, ref)
@@ -112,8 +114,6 @@ def evaluate_segmentation(pred_path, ref_path, *, pred_labels=None, ref_labels=N
 
 def evaluate_translation(pred_path, ref_path, *, mask_path=None, data_range: float = 2000.0) -> dict:
     """MAE (HU), PSNR and SSIM of a synthetic CT against a reference CT, optionally inside a mask."""
-    from medgen.io.readers import read_volume
-    from medgen.metrics.image import mae, psnr, ssim
     pred = read_volume(pred_path)
     ref = read_volume(ref_path)
     pred, resampled = _on_grid(pred, ref, order=1)
@@ -166,7 +166,6 @@ def write_report(report: dict, output: str | Path | None, *, overwrite: bool = F
     """Write to ``output`` (``.json`` or ``.csv``) or return the JSON text for stdout."""
     if output is None:
         return report_text(report, "json")
-    from medgen.io.atomic import check_output_path, write_text_atomic
     output = Path(output)
     fmt = output.suffix.lower().lstrip(".")
     if fmt not in ("json", "csv"):

@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from medgen.data.inputs import collect_pairs
+from medgen.data.label_image_pairs import mr_robust_max
+from medgen.data.label_names import read_label_names
+from medgen.inference.generate import AnatomyGenerator, generate_dataset
+from medgen.io.outdir import claim_output_dir
+from medgen.io.readers import read_volume
+from medgen.metrics.realism import frechet_distance, per_label_wasserstein
+from medgen.tracking import finish_dataset_run, start_run
+from medgen.transforms.intensity import hu_to_unit
+from medgen.viz import CT_WIDE, save_panels_png, volume_panels
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +38,6 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
         label_names: the user maps' id -> name, to match them to the model's labels by name.
         device, precision: inference device and precision.
     """
-    from medgen.inference.generate import AnatomyGenerator, generate_dataset
-    from medgen.data.label_names import read_label_names
-    from medgen.io.outdir import claim_output_dir
-    from medgen.tracking import finish_dataset_run, start_run
-
     output = Path(output)
     generator = AnatomyGenerator(model, device=device, precision=precision)
     names = read_label_names(label_names) if label_names else None
@@ -54,9 +59,6 @@ def generate(model: str | Path, output: str | Path, *, n: int | None = None, see
 
 def _qc_picture(output: Path, entries: list[dict], modality: str) -> Path | None:
     """Three orthogonal views with the label overlay for the first cases."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import CT_WIDE, save_panels_png, volume_panels
-
     rows = []
     for entry in entries:
         image = read_volume(output / entry["image"])
@@ -84,11 +86,6 @@ def realism_report(generated: str | Path, real_images: list[str | Path], real_la
 
     import numpy as np
 
-    from medgen.data.inputs import collect_pairs
-    from medgen.data.label_image_pairs import mr_robust_max
-    from medgen.transforms.intensity import hu_to_unit
-    from medgen.io.readers import read_volume
-    from medgen.metrics.realism import frechet_distance, per_label_wasserstein
 
     generated = Path(generated)
     datalist = json.loads((generated / "datalist.json").read_text())

@@ -9,6 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from medgen.data.phantoms import label_names, make_phantom
+from medgen.errors import InputError
+from medgen.io.atomic import check_output_path, ensure_writable_dir, write_text_atomic
+from medgen.io.volume import Volume
+from medgen.io.writers import write_volume
+from medgen.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +30,6 @@ def run_phantoms(output_dir: str | Path, *, n: int, seed: int = 0, shape: tuple[
         InputError: invalid ``n``, shape, spacing, seed or weighting.
         OutputError: an output exists (without ``overwrite``) or the folder is not writable.
     """
-    from medgen.data.phantoms import make_phantom, label_names
-    from medgen.errors import InputError
-    from medgen.io.atomic import check_output_path, ensure_writable_dir, write_text_atomic
-    from medgen.io.volume import Volume
-    from medgen.io.writers import write_volume
-    from medgen.progress import progress
-
     if n < 1:
         raise InputError(f"must be at least 1 (got {n})", path="-n/--num", fix="pass -n 1 or more")
     if seed < 0:

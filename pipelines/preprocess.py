@@ -53,6 +53,7 @@ from medgen.io.readers import read_volume
 from medgen.io.writers import write_volume
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch
 from medgen.transforms.recipes import PreprocessConfig, load_preprocess_config, preprocess
+from medgen.tracking import start_run, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +256,6 @@ def run_preprocess(inputs: list[str | Path], output_dir: str | Path, *, modality
     Raises:
         ConfigError, InputError, OutputError: problems found before any case is processed.
     """
-    from medgen.tracking import start_run, write_run_info
-
     start = time.perf_counter()
     if modality is None and config is None:
         raise InputError("the modality is not known", path="--modality", fix="pass --modality ct or --modality mr")

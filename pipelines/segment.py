@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.errors import InputError, OutputError
-from medgen.io.readers import VOLUME_SUFFIXES
+from medgen.io.readers import VOLUME_SUFFIXES, read_volume
 from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 from medgen.pipelines.segment_mr import (AUTO, CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
                                          labels_json_path, write_mask_outputs)
+from medgen.io.atomic import check_output_path
+from medgen.io.outdir import claim_output_dir
+from medgen.io.volume import Volume
+from medgen.models.segmenters import load_segmenter
+from medgen.runtime import resolve_device, resolve_precision
+from medgen.tracking import start_run, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,6 @@ _MODELS: dict = {}
 
 def cached_segmenter(options: SegmentOptions):
     """The segmenter, loaded once per process (a batch worker segments many volumes)."""
-    from medgen.models.segmenters import load_segmenter
     key = (options.segmenter, options.trust_bundle, options.flip_tta)
     if _MODELS.get("key") != key:
         _MODELS.clear()
@@ -64,8 +69,6 @@ def segment_volume(image, segmenter, *, device: str = "auto", precision: str = "
     """``(mask, label_names)`` of one volume: uint8 (uint16 beyond 255 ids) on the volume's exact grid."""
     import numpy as np
 
-    from medgen.io.volume import Volume
-    from medgen.runtime import resolve_device, resolve_precision
     dev = resolve_device(device)
     labels = segmenter.segment(image, device=dev, precision=resolve_precision(precision, dev))
     names = dict(segmenter.label_names)
@@ -77,9 +80,6 @@ def segment_volume(image, segmenter, *, device: str = "auto", precision: str = "
 
 def segment_one(path: Path, outputs: CaseOutputs, options: SegmentOptions, *, case_id: str = "") -> CaseReport:
     """Segment one volume and write its outputs (mask and labels JSON last)."""
-    from medgen.io.atomic import check_output_path
-    from medgen.io.readers import read_volume
-
     for out in (outputs.mask, outputs.labels_json, outputs.dicom_seg):
         if out is not None:  # fail before the work
             check_output_path(out, overwrite=options.overwrite, inputs=(str(path),))
@@ -134,9 +134,6 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
     Raises:
         MedgenError: bad inputs or model, or (one volume) the problem with it.
     """
-    from medgen.io.outdir import claim_output_dir
-    from medgen.tracking import start_run, write_run_info
-
     output = Path(output)
     single = output.name.lower().endswith(VOLUME_SUFFIXES)
     if not single and output.exists() and not output.is_dir():

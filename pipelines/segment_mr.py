@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.errors import InputError, OutputError
-from medgen.io.readers import VOLUME_SUFFIXES
+from medgen.io.readers import VOLUME_SUFFIXES, read_volume
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+from medgen import __version__
+from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
+from medgen.inference.chain import load_chain_translator, segment_mr_volume
+from medgen.inference.qc import save_chain_qc
+from medgen.io.atomic import check_output_path, write_text_atomic
+from medgen.io.dicom_seg import write_dicom_seg
+from medgen.io.outdir import claim_output_dir
+from medgen.io.writers import write_volume
+from medgen.models.segmenters import load_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +87,6 @@ def _models(options: ChainOptions):
     """Translator and segmenter, loaded once per process."""
     key = (options.translator, options.segmenter, options.trust_bundle, options.flip_tta)
     if _MODELS.get("key") != key:
-        from medgen.inference.chain import load_chain_translator
-        from medgen.models.segmenters import load_segmenter
         _MODELS.clear()
         _MODELS.update(key=key, translator=load_chain_translator(options.translator),
                        segmenter=load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
@@ -91,10 +98,6 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
     """Run the chain on one scan and write its outputs (mask and labels JSON last)."""
     import numpy as np
 
-    from medgen.inference.chain import segment_mr_volume
-    from medgen.io.atomic import check_output_path
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
 
     inputs = (str(mr_path),)
     for path in (outputs.mask, outputs.labels_json, outputs.sct, outputs.dicom_seg, outputs.qc):
@@ -120,7 +123,6 @@ def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, c
         sct = result.sct.with_array(np.rint(result.sct.array).astype(np.int16))
         written["sct"] = str(write_volume(sct, outputs.sct, overwrite=options.overwrite, inputs=inputs))
     if outputs.qc is not None:
-        from medgen.inference.qc import save_chain_qc
         written["qc"] = str(save_chain_qc(outputs.qc, mr, result.sct, result.mask, result.label_names,
                                           title=f"{case_id or mr_path.name}: {Path(str(options.translator)).name} -> "
                                                 f"{Path(str(options.segmenter)).name}" + _agreement_note(reliability)))
@@ -154,13 +156,9 @@ def write_mask_outputs(mask, label_names: dict, outputs: CaseOutputs, written: d
     """
     import numpy as np
 
-    from medgen import __version__
-    from medgen.io.atomic import write_text_atomic
-    from medgen.io.writers import write_volume
 
     inputs = (str(source),)
     if outputs.dicom_seg is not None:
-        from medgen.io.dicom_seg import write_dicom_seg
         folder = source if source.is_dir() else source.parent
         written["dicom_seg"] = str(write_dicom_seg(mask, folder, outputs.dicom_seg, label_names,
                                                    overwrite=overwrite, inputs=inputs,
@@ -194,7 +192,6 @@ def _case_files(outputs: CaseOutputs) -> list[Path]:
 
 def _segment_case(path: Path, files: list[Path], payload, *, case_id: str) -> CaseReport:
     """Batch work function (:mod:`medgen.pipelines.batch`): one scan (file, folder or DICOMweb URL)."""
-    from medgen.data.dicomweb_cases import run_on_source
     outputs, options, source = payload
     return run_on_source(source, lambda local: segment_one(local, outputs, options, case_id=case_id),
                          push_seg=options.push_seg, push_sct=options.push_sct)
@@ -221,7 +218,6 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     Raises:
         MedgenError: for a single scan, the problem (a batch records it and continues).
     """
-    from medgen.data.dicomweb_cases import collect_cases
     output = Path(output)
     single = output.name.lower().endswith(VOLUME_SUFFIXES)
     dicom_seg = dicom_seg or (AUTO if options.push_seg else None)
@@ -242,7 +238,6 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
     cases = collect_cases(inputs, modality="MR")
     if not cases:
         raise InputError("no scans found", path=", ".join(map(str, inputs)))
-    from medgen.io.outdir import claim_output_dir
     with claim_output_dir(output, inputs=[*inputs, *(c.path for c in cases)], overwrite=options.overwrite,
                           command="medgen segment-mr", outputs=("segment_mr_summary.json",)):
         return _segment_batch(cases, output, options, save_sct=save_sct, qc=qc, dicom_seg=dicom_seg, workers=workers,
@@ -252,7 +247,6 @@ def segment_mr(inputs: list[str | Path], output: str | Path, options: ChainOptio
 def _segment_batch(cases, output: Path, options: ChainOptions, *, save_sct, qc, dicom_seg, workers: int,
                    executor: str | None = "local") -> list[CaseReport]:
     """The batch of :func:`segment_mr`, run inside the claimed output folder."""
-    from medgen.data.dicomweb_cases import is_dicom_source
     jobs = []
     for case in cases:
         outs = _batch_outputs(output, case.case_id, sct=bool(save_sct), qc=bool(qc), dicom_seg=bool(dicom_seg),

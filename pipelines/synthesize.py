@@ -16,7 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medgen.data.synthesis import SynthesisConfig
+from medgen.data.synthesis import SynthesisConfig, render_volume
+from medgen.data.inputs import collect_inputs, pair_inputs
+from medgen.data.label_names import read_label_names
+from medgen.errors import InputError, OutputError
+from medgen.io.atomic import write_text_atomic
+from medgen.io.outdir import claim_output_dir
+from medgen.io.readers import read_volume
+from medgen.io.writers import write_volume
+from medgen.progress import progress
+from medgen.tracking import finish_dataset_run, start_run
+from medgen.training.segmenter import align_label
+from medgen.viz import save_panels_png, volume_panels
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +36,6 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
                cts: list[str | Path] | None = None, label_names: str | Path | None = None,
                mlflow: bool = True) -> Path:
     """Write ``n`` rendered ``(image, label)`` pairs into ``output``; returns ``output/datalist.json``."""
-    from medgen.data.inputs import collect_inputs, pair_inputs
-    from medgen.data.label_names import read_label_names
-    from medgen.data.synthesis import render_volume
-    from medgen.errors import InputError, OutputError
-    from medgen.io.atomic import write_text_atomic
-    from medgen.io.outdir import claim_output_dir
-    from medgen.io.writers import write_volume
-    from medgen.progress import progress
-    from medgen.tracking import finish_dataset_run, start_run
-
     if n < 1:
         raise InputError(f"-n must be at least 1, got {n}", path="-n", fix="pass -n N with N >= 1")
     label_cases = collect_inputs(labels)
@@ -85,9 +86,6 @@ def synthesize(config: SynthesisConfig, *, labels: list[str | Path], output: str
 
 def _read_case(ct_case, lab_case) -> tuple:
     """``(label case, label Volume, CT Volume or None)``, the label on the CT's grid."""
-    from medgen.errors import InputError
-    from medgen.io.readers import read_volume
-    from medgen.training.segmenter import align_label
     label = read_volume(lab_case.path, kind="label")
     ct = read_volume(ct_case.path) if ct_case is not None else None
     if ct is not None:
@@ -100,8 +98,6 @@ def _read_case(ct_case, lab_case) -> tuple:
 
 def _qc_montage(output: Path, entries: list[dict]) -> Path | None:
     """Three orthogonal views of the first renderings with their label outlines."""
-    from medgen.io.readers import read_volume
-    from medgen.viz import save_panels_png, volume_panels
     rows = [volume_panels(read_volume(output / e["image"]), window=(-1.0, 1.0),
                           overlay=read_volume(output / e["label"], kind="label"), title=e["case_id"])
             for e in entries]

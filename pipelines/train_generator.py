@@ -14,7 +14,15 @@ import logging
 from pathlib import Path
 
 from medgen.errors import InputError
-from medgen.training.generator import GeneratorConfig
+from medgen.training.generator import GeneratorConfig, GeneratorTask
+from medgen import distributed
+from medgen.data.inputs import collect_pairs
+from medgen.data.label_image_pairs import load_pairs
+from medgen.data.label_names import read_label_names
+from medgen.runtime import seed_everything
+from medgen.tracking import start_run, write_run_info
+from medgen.training.loop import LoopSettings, run_training
+from medgen.training.start import start_training
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +41,6 @@ def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels
         max_steps: override ``train.steps``.
         resume: continue from the newest checkpoint in ``output``.
     """
-    from medgen.data.inputs import collect_pairs
-    from medgen.data.label_image_pairs import load_pairs
-    from medgen.data.label_names import read_label_names
-    from medgen.runtime import seed_everything
-    from medgen.tracking import start_run, write_run_info
-    from medgen import distributed
-    from medgen.training.generator import GeneratorTask
-    from medgen.training.loop import LoopSettings, run_training
-    from medgen.training.start import start_training
-
     config, output, dev = start_training(config, output, device=device, max_steps=max_steps)
     seed_everything(config.train.seed + distributed.rank())
     names = read_label_names(label_names)

@@ -17,7 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import InputError
-from medgen.training.segmenter import SegmenterConfig
+from medgen.training.segmenter import (
+    SegmenterConfig, SegmenterTask, body_quantiles, input_spec, plan_labels, prepare_case,
+)
+from medgen import distributed
+from medgen.data.inputs import collect_inputs, pair_inputs
+from medgen.data.label_names import read_label_names
+from medgen.io.readers import read_volume
+from medgen.models.bundle import BundleSpec, save_bundle
+from medgen.runtime import seed_everything
+from medgen.tracking import start_run, write_run_info
+from medgen.training.loop import LoopSettings, run_training
+from medgen.training.start import start_training
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +68,6 @@ def train_segmenter(
         max_steps: override ``train.steps``.
         resume: continue from the newest checkpoint in ``output``.
     """
-    from medgen.data.inputs import collect_inputs, pair_inputs
-    from medgen.data.label_names import read_label_names
-    from medgen.io.readers import read_volume
-    from medgen.models.bundle import BundleSpec, save_bundle
-    from medgen.runtime import seed_everything
-    from medgen.tracking import start_run, write_run_info
-    from medgen import distributed
-    from medgen.training.loop import LoopSettings, run_training
-    from medgen.training.segmenter import SegmenterTask, input_spec, plan_labels
-    from medgen.training.start import start_training
-
     config, output, dev = start_training(config, output, device=device, max_steps=max_steps)
     seed = config.train.seed
     seed_everything(seed + distributed.rank())
@@ -160,8 +160,6 @@ def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
     memory (only the real training CTs need them, for the histogram-matching baseline).
     ``hu_bands`` (training on renderings) gives each case its rendering classes.
     """
-    from medgen.io.readers import read_volume
-    from medgen.training.segmenter import body_quantiles, prepare_case
     cases = []
     for img_case, lab_case in pairs:
         image = read_volume(img_case.path)

@@ -23,7 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import InputError
-from medgen.training.translator import GENERATOR_NAME, PairedCase, TranslatorConfig, generator_kwargs
+from medgen.training.translator import GENERATOR_NAME, PairedCase, TranslatorConfig, TranslatorTask, generator_kwargs
+from medgen import distributed
+from medgen.data.inputs import collect_inputs, pair_inputs
+from medgen.data.sampling import body_mask
+from medgen.inference.translate import AIR_HU, Translator, sct_on_source_grid
+from medgen.io.geometry import resample_like
+from medgen.io.readers import read_volume
+from medgen.metrics.image import mae, psnr, ssim
+from medgen.models.bundle import BundleSpec, load_bundle, resolve_model, save_bundle
+from medgen.objectives.shape import TranslatorSpaceSegmenter
+from medgen.progress import progress
+from medgen.runtime import resolve_precision, seed_everything
+from medgen.tracking import Tracker, start_run, write_run_info
+from medgen.training.loop import LoopSettings, read_history, run_training
+from medgen.training.start import start_training
+from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
+from medgen.transforms.intensity import hu_to_unit, unit_to_hu
+from medgen.transforms.recipes import preprocess
+from medgen.viz import plane_slice, save_curves_png
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +72,6 @@ def load_training_volumes(inputs: list, modality: str, config: TranslatorConfig,
         InputError: no cases, a preprocessed case whose record does not match (spacing), or a
             label map that does not pair with (or lie on the grid of) its image.
     """
-    from medgen.data.inputs import collect_inputs, pair_inputs
-    from medgen.data.sampling import body_mask
-    from medgen.io.readers import read_volume
-    from medgen.progress import progress
-    from medgen.transforms.recipes import preprocess
-
     cases = collect_inputs([str(i) for i in inputs])
     if not cases:
         raise InputError(f"no {modality.upper()} cases found", path=", ".join(map(str, inputs)),
@@ -132,7 +144,6 @@ def _rewindow(image: np.ndarray, record: dict, config: TranslatorConfig, path) -
                          path=path, fix="re-run medgen preprocess with the translator's recipe, or pass raw volumes")
     intensity = record.get("intensity", {})
     if intensity.get("kind") == "ct_window" and tuple(intensity["window"]) != config.ct_window:
-        from medgen.transforms.intensity import hu_to_unit, unit_to_hu
         log.warning("%s: CT window %s re-mapped to the translator's %s", path, intensity["window"], config.ct_window)
         image = np.asarray(hu_to_unit(unit_to_hu(image, tuple(intensity["window"])), config.ct_window), np.float32)
     return image
@@ -140,9 +151,6 @@ def _rewindow(image: np.ndarray, record: dict, config: TranslatorConfig, path) -
 
 def paired_validation_cases(val_mr: list, val_ct: list, config: TranslatorConfig, device, dtype) -> list[PairedCase]:
     """Validation cases from paired MR/CT inputs (by position): MAE/PSNR/SSIM in HU on the MR grid."""
-    from medgen.data.inputs import collect_inputs
-    from medgen.io.readers import read_volume
-
     mrs, cts = collect_inputs([str(i) for i in val_mr]), collect_inputs([str(i) for i in val_ct])
     if len(mrs) != len(cts):
         raise InputError(f"{len(mrs)} validation MRs but {len(cts)} validation CTs", path="--val-mr/--val-ct",
@@ -159,12 +167,6 @@ def make_paired_case(case_id: str, mr, ct, config: TranslatorConfig, device, dty
     result back (exactly like ``medgen translate``). The mask is the CT body (> -500 HU) on the
     MR grid unless ``object_mask`` is given.
     """
-    from medgen.data.sampling import body_mask
-    from medgen.inference.translate import AIR_HU, Translator, sct_on_source_grid
-    from medgen.io.geometry import resample_like
-    from medgen.metrics.image import mae, psnr, ssim
-    from medgen.transforms.recipes import preprocess
-
     result = preprocess(mr, config.preprocess.mr)
     ref = resample_like(ct, mr, order=1, cval=AIR_HU).array.astype(np.float32)
     mask = object_mask if object_mask is not None else body_mask(ref, threshold=-500.0)
@@ -182,7 +184,6 @@ def make_paired_case(case_id: str, mr, ct, config: TranslatorConfig, device, dty
                 "ssim": ssim(sct, ref_clipped, mask, data_range=hi - lo)}
 
     def picture(G) -> list:
-        from medgen.viz import plane_slice
         sct = sct_on_source_grid(translator(G), result, device=device, dtype=dtype)
         z = None
         panels = []
@@ -207,7 +208,6 @@ def _write_inputs_csv(path: Path, volumes: dict[str, list[TrainingVolume]]) -> P
 
 def export_translator(folder: str | Path, config: TranslatorConfig, generator, *, steps: int | None = None) -> Path:
     """Write G as a ``translator`` bundle (MONAI layout + medgen.json)."""
-    from medgen.models.bundle import BundleSpec, save_bundle
     m = config.model
     kwargs = generator_kwargs(m)
     multiple = 2 ** m.n_down
@@ -243,8 +243,6 @@ def export_translator(folder: str | Path, config: TranslatorConfig, generator, *
 
 def load_segmenter_for_shape(ref: str, config: TranslatorConfig):
     """A frozen CT segmenter for the shape-consistency term, fed with translator-space CT batches."""
-    from medgen.models.bundle import load_bundle, resolve_model
-    from medgen.objectives.shape import TranslatorSpaceSegmenter
     spec = load_bundle(resolve_model(ref), kind="segmenter")
     return TranslatorSpaceSegmenter.from_bundle(spec, ct_window=config.ct_window, spatial_dims=config.model.spatial_dims)
 
@@ -267,13 +265,6 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
         val_mr, val_ct: optional paired validation cases (MAE/PSNR/SSIM in HU).
         paired_cases: ready-made validation cases (see :func:`make_paired_case`), added to those.
     """
-    from medgen.runtime import resolve_precision, seed_everything
-    from medgen.tracking import start_run, write_run_info
-    from medgen import distributed
-    from medgen.training.loop import LoopSettings, read_history, run_training
-    from medgen.training.start import start_training
-    from medgen.training.translator import TranslatorTask
-
     config, run_dir, dev = start_training(config, run_dir, device=device, max_steps=max_steps)
     dtype = resolve_precision(config.train.precision, dev)
     log.info("device %s, precision %s", dev, dtype)
@@ -292,7 +283,6 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
         common = dict(mr_masks=[v.mask for v in mr], ct_masks=[v.mask for v in ct], device=dev, precision=dtype,
                       paired=paired, segmenter=segmenter, run_dir=run_dir, tracker=tracker)
         if config.objective == "synth":
-            from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
             classes, dark = synth_classes([v.image for v in ct], [v.label for v in ct], config)
             task = SynthTranslatorTask(config, [v.image for v in ct], classes, dark_classes=dark,
                                        mr_volumes=[v.image for v in mr], **common)
@@ -305,7 +295,6 @@ def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inp
         bundle = run_dir / "bundle"
         if distributed.is_main_process():
             export_translator(bundle, config, task.generator, steps=t.steps)
-            from medgen.viz import save_curves_png
             curves = save_curves_png(run_dir / "loss_curves.png", read_history(run_dir), phase="train",
                                      keys=["g_synth_l1", "g_synth_structure", "g_adv_ct", "g_adv_mr", "g_cycle_mr",
                                            "g_cycle_ct", "d_ct", "d_mr"])
@@ -333,7 +322,6 @@ def check_translator_inputs(config: TranslatorConfig, mr_inputs, ct_inputs, ct_l
 
 class _no_run:
     def __enter__(self):
-        from medgen.tracking import Tracker
         return Tracker()
 
     def __exit__(self, *exc):

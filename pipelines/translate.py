@@ -18,6 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+from medgen.data.dicomweb_cases import collect_cases, local_source
+from medgen.errors import InputError, OutputError
+from medgen.inference.translate import load_translator, translate_volume
+from medgen.io.atomic import check_output_path
+from medgen.io.dicomweb import is_dicomweb_url
+from medgen.io.outdir import check_folder_name, claim_output_dir
+from medgen.io.readers import read_volume
+from medgen.io.writers import write_volume
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +43,7 @@ def translate_file(mr_path: str | Path, out_path: str | Path, model, *, device: 
         OutputError: ``out_path`` exists (without ``overwrite``) or is one of the inputs.
         InputError / ModelError: unreadable MR or model.
     """
-    from medgen.inference.translate import load_translator, translate_volume
-    from medgen.io.atomic import check_output_path
-    from medgen.io.dicomweb import is_dicomweb_url
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
-
     if is_dicomweb_url(str(mr_path)):  # a DICOMweb series: translate a temporary local copy
-        from medgen.data.dicomweb_cases import local_source
         check_output_path(out_path, overwrite=overwrite)
         with local_source(str(mr_path)) as local:
             return translate_file(local, out_path, model, device=device, precision=precision, overwrite=overwrite,
@@ -67,7 +68,6 @@ _MODELS: dict = {}
 
 def _cached_translator(model: str | Path):
     """The translator, loaded once per process (a batch worker translates many scans)."""
-    from medgen.inference.translate import load_translator
     if _MODELS.get("key") != str(model):
         _MODELS.clear()
         _MODELS.update(key=str(model), translator=load_translator(model))
@@ -116,10 +116,6 @@ def translate_batch(inputs: list[str | Path], output: str | Path, options: Trans
         InputError: no scans found. OutputError: ``output`` is an existing file.
         ModelError: the model cannot be loaded (checked once, before any scan).
     """
-    from medgen.errors import InputError, OutputError
-    from medgen.data.dicomweb_cases import collect_cases
-    from medgen.io.outdir import check_folder_name, claim_output_dir
-
     output = Path(output)
     check_folder_name(output)  # -o out/sct.txt meant a file: say so before loading anything
     if output.exists() and not output.is_dir():
