@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medgen import distributed
+from medgen.config import flatten
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ class Tracker:
             return
         import mlflow
         import yaml
-        from medgen.config import flatten
         self.log_params(flatten(config))
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
 

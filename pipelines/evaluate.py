@@ -24,10 +24,9 @@ from medgen.io.volume import Volume
 from medgen.data.label_names import read_label_names
 from medgen.io.atomic import check_output_path, write_text_atomic
 from medgen.io.geometry import resample_like
-from medgen.io.readers import read_volume
+from medgen.io.readers import labels_json_path, read_volume
 from medgen.metrics.image import mae, psnr, ssim
 from medgen.metrics.segmentation import match_names, per_label_scores
-from medgen.pipelines.segment_mr import labels_json_path
 
 log = logging.getLogger(__name__)
 

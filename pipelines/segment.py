@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.errors import InputError, OutputError
-from medgen.io.readers import VOLUME_SUFFIXES, read_volume
+from medgen.io.readers import VOLUME_SUFFIXES, labels_json_path, read_volume
 from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 from medgen.pipelines.segment_mr import (AUTO, CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
-                                         labels_json_path, write_mask_outputs)
+                                         write_mask_outputs)
 from medgen.io.atomic import check_output_path
 from medgen.io.outdir import claim_output_dir
 from medgen.io.volume import Volume

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.errors import InputError, OutputError
-from medgen.io.readers import VOLUME_SUFFIXES, read_volume
+from medgen.io.readers import VOLUME_SUFFIXES, labels_json_path, read_volume
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
 from medgen import __version__
 from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
@@ -60,16 +60,6 @@ class CaseOutputs:
     sct: Path | None = None
     dicom_seg: Path | None = None
     qc: Path | None = None
-
-
-def labels_json_path(mask_path: Path) -> Path:
-    """``mask.nii.gz`` -> ``mask.labels.json``."""
-    name = mask_path.name
-    for ext in VOLUME_SUFFIXES:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return mask_path.with_name(name + ".labels.json")
 
 
 def is_dicom_input(path: Path) -> bool:

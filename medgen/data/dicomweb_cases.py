@@ -20,6 +20,10 @@ from typing import Callable, Iterator
 
 from medgen.io.dicomweb import (DicomWebRef, download_series, is_dicomweb_url, is_query_url, list_series,
                                 parse_url, query_series, store)
+from medgen.data.inputs import collect_inputs
+from medgen.errors import InputError
+from medgen.io.dicom_write import write_dicom_series
+from medgen.io.readers import read_volume
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,6 @@ def collect_cases(inputs: list, *, modality: str | None) -> list:
     Raises:
         InputError: a bad URL, an unreachable server, a study without series of ``modality``.
     """
-    from medgen.data.inputs import collect_inputs
-    from medgen.errors import InputError
     local = [i for i in inputs if not is_dicomweb_url(str(i))]
     cases: list = list(collect_inputs(local)) if local else []
     seen = {c.case_id for c in cases}
@@ -114,8 +116,6 @@ def sct_series(sct_path: str | Path, source_folder: Path, out_folder: Path) -> P
     """The synthetic CT file as a CT DICOM series in the source series' study and frame of reference."""
     import pydicom
 
-    from medgen.io.dicom_write import write_dicom_series
-    from medgen.io.readers import read_volume
     first = pydicom.dcmread(next(iter(sorted(source_folder.glob("*.dcm")))), stop_before_pixels=True)
     volume = read_volume(sct_path)
     return write_dicom_series(volume, out_folder, modality="CT", series_description="medgen synthetic CT",

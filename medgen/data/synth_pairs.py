@@ -45,6 +45,7 @@ import torch
 
 from medgen.data.sampling import VolumeSampler, _crop_padded
 from medgen.transforms.render import RandContrastRender, RenderConfig
+from medgen.data.mr_physics import physics_means
 
 __all__ = ["SynthPair", "SynthPairSampler"]
 
@@ -118,7 +119,6 @@ class SynthPairSampler(VolumeSampler):
         self.renderer.set_random_state(seed=seed)
         if not physics:
             return self.renderer(classes, present=present)
-        from medgen.data.mr_physics import physics_means
         n_classes = max(int(classes.max()), max(present)) + 1
         self.renderer.randomize(n_classes)
         means = physics_means(self.hu_bands, self.renderer.R)

@@ -27,6 +27,8 @@ import numpy as np
 from medgen.errors import InputError, ModelError
 from medgen.inference.baselines import BASELINES, histogram_matched_ct, normalised_mr_as_ct, reference_quantiles_from_ct
 from medgen.io.volume import Volume
+from medgen.inference.agreement import DEFAULT_THRESHOLD, agreement as score, perturbed_prediction
+from medgen.io.readers import read_volume
 
 if TYPE_CHECKING:  # annotations only: medgen.models.segmenters sits above medgen.inference
     from medgen.models.segmenters import CTSegmenter
@@ -66,7 +68,6 @@ def reference_quantiles(segmenter: CTSegmenter, ct_reference: str | Path | Volum
     """The CT reference histogram for the ``histogram`` baseline: a given CT, else the segmenter's own."""
     if ct_reference is not None:
         if not isinstance(ct_reference, Volume):
-            from medgen.io.readers import read_volume
             ct_reference = read_volume(ct_reference)
         return reference_quantiles_from_ct(ct_reference)
     q = segmenter.extra.get("ct_reference_quantiles")
@@ -114,7 +115,6 @@ def segment_mr_volume(mr: Volume, *, translator, segmenter: CTSegmenter, device=
                   {"label_names": names, "modality": "SEG"})
     report = None
     if agreement:
-        from medgen.inference.agreement import DEFAULT_THRESHOLD, agreement as score, perturbed_prediction
         t2 = time.perf_counter()
         second = perturbed_prediction(
             mr, lambda v: _chain_once(v, translator, segmenter, dev, dtype, ct_reference, False, {})[1])

@@ -35,6 +35,11 @@ from medgen.io.atomic import ensure_writable_dir, write_text_atomic
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.volume import Volume
 from medgen.progress import progress
+from medgen.data.inputs import collect_inputs
+from medgen.io.readers import read_volume
+from medgen.io.writers import write_volume
+from medgen.models.bundle import load_bundle, resolve_model
+from medgen.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,6 @@ def synthesize_unit(net: torch.nn.Module, channels: np.ndarray, *, noise_seed: i
     """
     from monai.inferers import sliding_window_inference
 
-    from medgen.runtime import autocast
     device = torch.device(device)
     net = net.to(device).eval()
     lab = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))[None, None]
@@ -117,8 +121,6 @@ class AnatomyGenerator:
     """
 
     def __init__(self, bundle: str | Path, *, device: str = "auto", precision: str = "fp32"):
-        from medgen.models.bundle import load_bundle, resolve_model
-        from medgen.runtime import resolve_device, resolve_precision
         self.spec = load_bundle(resolve_model(bundle), kind="generator")
         extra = self.spec.extra
         try:
@@ -148,7 +150,6 @@ class AnatomyGenerator:
     def bank(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The label-map bank ``(labels, affine)`` read from the bundle (once)."""
         if self._bank is None:
-            from medgen.io.readers import read_volume
             files = self.spec.extra.get("label_bank", [])
             if not files:
                 raise ModelError("has no label-map bank, so it cannot sample new anatomies", path=self.spec.path,
@@ -233,9 +234,6 @@ def generate_dataset(generator: AnatomyGenerator, output: str | Path, *, n: int 
     Returns:
         The datalist entries ``[{"image", "label", "case_id", "source"}]`` (paths relative to ``output``).
     """
-    from medgen.data.inputs import collect_inputs
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
     output = ensure_writable_dir(output)
     if (output / "datalist.json").exists():
         raise OutputError("already holds generated volumes (datalist.json)", path=output,

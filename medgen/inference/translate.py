@@ -39,6 +39,8 @@ from medgen.errors import InputError, ModelError
 from medgen.io.volume import Volume
 from medgen.progress import progress
 from medgen.runtime import autocast, resolve_device, resolve_precision
+from medgen.models.bundle import load_bundle, resolve_model
+from medgen.transforms.intensity import unit_to_hu
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,6 @@ def load_translator(model: str | Path | Translator) -> Translator:
     """
     if isinstance(model, Translator):
         return model
-    from medgen.models.bundle import load_bundle, resolve_model
     folder = resolve_model(model)
     spec = load_bundle(folder, kind="translator")
     extra = spec.extra
@@ -226,7 +227,6 @@ def translate_preprocessed(mr: Volume, model: str | Path | Translator, *, device
 def translate_result(translator: Translator, result, *, device: torch.device, dtype: torch.dtype,
                      show_progress: bool = True, mask_background: bool | None = None) -> TranslationResult:
     """Translate an already preprocessed MR (a ``PreprocessResult`` of the translator's recipe)."""
-    from medgen.transforms.intensity import unit_to_hu
     s = translator.settings
     unit = translate_array(translator.network, result.image.array, spatial_dims=translator.spatial_dims,
                            context=translator.context, device=device, dtype=dtype,

@@ -35,6 +35,8 @@ from medgen.io.dicom import volume_from_highdicom
 from medgen.io.geometry import resample_like
 from medgen.io.readers import read_volume
 from medgen.io.volume import Volume
+from medgen import __version__
+from medgen.io.seg_codes import display_colors, segment_codes
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,6 @@ def write_dicom_seg(label: Volume, source_series_folder: str | Path, out_path: s
     """
     import highdicom as hd
 
-    from medgen import __version__
     algorithm_version = algorithm_version or __version__
     source_series_folder = Path(source_series_folder)
     out_path = check_output_path(out_path, overwrite=overwrite,
@@ -163,7 +164,6 @@ def _segment_descriptions(hd, ids: list[int], label_names: dict, algorithm_name:
     a distinct recommended display colour, and the algorithm (name = model, version = medgen's)."""
     from pydicom.sr.codedict import codes
 
-    from medgen.io.seg_codes import display_colors, segment_codes
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name[:64], version=algorithm_version[:64],
                                                    family=codes.cid7162.ArtificialIntelligence)
     colors = display_colors(len(ids))

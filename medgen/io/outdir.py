@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 from medgen.errors import OutputError
 from medgen.io import ownership
 from medgen.io.atomic import ensure_writable_dir, remove_stale_temps
+from medgen.io.readers import VOLUME_SUFFIXES
 
 LOCK_NAME = ".medgen.lock"
 LOCK_INFO_NAME = ".medgen.lock.json"
@@ -62,7 +63,6 @@ def check_folder_name(out_dir: str | Path) -> None:
     """
     path = Path(out_dir)
     if not path.exists() and re.fullmatch(r"\.[A-Za-z]{1,5}", path.suffix or ""):
-        from medgen.io.readers import VOLUME_SUFFIXES
         raise OutputError(f"ends in '{path.suffix}', a file extension, but a batch writes a folder here", path=path,
                           fix=f"give a volume file ({', '.join(VOLUME_SUFFIXES)}) for one scan, or a folder name "
                               "without an extension for many")

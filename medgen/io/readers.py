@@ -23,6 +23,23 @@ from medgen.io.volume import Volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+
+def labels_json_path(mask_path: Path) -> Path:
+    """Where the label names of a mask written by ``segment``/``segment-mr`` lie: beside it.
+
+    Examples:
+        >>> labels_json_path(Path("out/case1.nii.gz")).as_posix()
+        'out/case1.labels.json'
+    """
+    name = mask_path.name
+    for ext in VOLUME_SUFFIXES:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return mask_path.with_name(name + ".labels.json")
+
+
 #: DICOM modalities that are not images: segmentations, structure sets, dose, plans, reports, registrations...
 NON_IMAGE_MODALITIES = {"SEG": "segmentation (DICOM SEG)", "RTSTRUCT": "RT structure set", "RTDOSE": "RT dose",
                         "RTPLAN": "RT plan", "RTRECORD": "RT treatment record", "SR": "structured report",

@@ -28,7 +28,10 @@ import torch
 from medgen import __version__
 from medgen.errors import ModelError
 from medgen.io.atomic import write_text_atomic
-from medgen.networks.registry import build_network
+from medgen.networks.registry import NETWORKS, build_network
+from medgen.models.input_spec import InputSpec
+from medgen.models.schemas import MedgenJson, validate_description
+from medgen.tracking import download_model
 
 MEDGEN_JSON = "medgen.json"
 
@@ -106,7 +109,6 @@ def save_bundle(folder: str | Path, spec: BundleSpec, network: torch.nn.Module) 
 
 def network_target(name: str) -> str:
     """The importable ``module.Class`` of a registered network name (for a MONAI ``_target_``)."""
-    from medgen.networks.registry import NETWORKS
     return NETWORKS.get(name, name).replace(":", ".")
 
 
@@ -135,7 +137,6 @@ def monai_inference_config(spec: BundleSpec) -> dict:
         "loader": {"_target_": "LoadImaged", "keys": "image", "image_only": True},
     }
     if spec.kind == "segmenter" and "input" in spec.extra:
-        from medgen.models.input_spec import InputSpec
         inp = InputSpec.from_dict(spec.extra["input"])
         pad = float(inp.scale(np.array([-1024.0]))[0])
         return {**base,
@@ -193,7 +194,6 @@ def load_bundle(folder: str | Path, kind: str | None = None) -> BundleSpec:
     if kind is not None and desc.get("kind") != kind:
         raise ModelError(f"is a {desc.get('kind')} bundle, but a {kind} is needed here", path=folder,
                          fix=f"pass a {kind} model")
-    from medgen.models.schemas import MedgenJson, validate_description
     validate_description(desc, MedgenJson, desc_path, "medgen.json")  # typed, like a config
     return BundleSpec(kind=desc["kind"], network=desc["network"], preprocess=desc.get("preprocess", {}),
                       label_names={int(k): v for k, v in desc.get("label_names", {}).items()},
@@ -208,7 +208,6 @@ def resolve_model(ref: str | Path) -> Path:
     """
     text = str(ref)
     if text.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        from medgen.tracking import download_model
         try:
             path = download_model(text)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types

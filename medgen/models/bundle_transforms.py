@@ -26,6 +26,10 @@ from monai.transforms import MapTransform
 
 from medgen.io.geometry import resample_like
 from medgen.io.volume import Volume
+from medgen.inference.translate import Translator, translate_volume
+from medgen.models.input_spec import InputSpec
+from medgen.models.segmenters import NetworkSegmenter, _dtype, _literal, _walk_transforms
+from medgen.runtime import autocast
 
 __all__ = ["PrepareSegmenterInputd", "LabelsOnSourceGridd", "Translated"]
 
@@ -53,11 +57,9 @@ class PrepareSegmenterInputd(MapTransform):
 
     def __init__(self, keys, input_spec: dict, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        from medgen.models.input_spec import InputSpec
         self.spec = InputSpec.from_dict(input_spec)
 
     def __call__(self, data):
-        from medgen.models.segmenters import NetworkSegmenter
         d = dict(data)
         for key in self.key_iterator(d):
             source = _volume(d[key])
@@ -96,7 +98,6 @@ class Translated(MapTransform):
     def __init__(self, keys, network: torch.nn.Module, bundle_root: str, device="cpu", precision: str = "fp32",
                  allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        from medgen.inference.translate import Translator
         desc = json.loads((Path(bundle_root) / "medgen.json").read_text())
         extra = desc["extra"]
         self.translator = Translator(network=network.eval(), spatial_dims=int(extra["spatial_dims"]),
@@ -107,7 +108,6 @@ class Translated(MapTransform):
         self.device, self.precision = torch.device(device), precision
 
     def __call__(self, data):
-        from medgen.inference.translate import translate_volume
         d = dict(data)
         for key in self.key_iterator(d):
             sct = translate_volume(_volume(d[key]), self.translator, device=self.device, precision=self.precision,
@@ -124,7 +124,6 @@ def monai_pipeline_settings(config: dict) -> dict:
     """Literal settings of a MONAI bundle's pipeline that change its output beyond :class:`InputSpec`:
     the ``Spacingd`` interpolation mode and the inferer's blending ``mode`` and padding ``cval``
     (MONAI's defaults where the bundle does not say, or says it with an expression)."""
-    from medgen.models.segmenters import _literal, _walk_transforms
     out = {"spacing_mode": "bilinear", "sw_mode": "constant", "cval": 0.0}
     for t in _walk_transforms(config.get("preprocessing", config)):
         if str(t["_target_"]).split(".")[-1] in ("Spacingd", "Spacing"):
@@ -143,8 +142,6 @@ def monai_pipeline_settings(config: dict) -> dict:
 def monai_bundle_segmenter(network, spec, label_names, *, source: str, settings: dict):
     """A :class:`~medgen.models.segmenters.NetworkSegmenter` that applies a MONAI bundle's network the way
     MONAI's own bundle inference does (see :class:`MonaiPipelineSegmenter`)."""
-    from medgen.models.segmenters import NetworkSegmenter
-
     class MonaiPipelineSegmenter(NetworkSegmenter):
         """MONAI's ``Orientation`` -> ``Spacing`` -> HU scaling -> ``sliding_window_inference`` on
         logits with the bundle's blending -> arg-max -> MONAI's ``Invert`` (nearest) back onto the
@@ -155,8 +152,6 @@ def monai_bundle_segmenter(network, spec, label_names, *, source: str, settings:
             from monai.inferers import sliding_window_inference
             from monai.transforms import Compose, Invert, Orientation, Spacing
 
-            from medgen.models.segmenters import _dtype
-            from medgen.runtime import autocast
             device = torch.device(device)
             dtype = _dtype(precision, device)
             steps = [Orientation(axcodes=self.spec.orientation)]

@@ -40,6 +40,10 @@ from medgen.errors import ModelError
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.volume import Volume
 from medgen.models.input_spec import InputSpec
+from medgen.inference.segment import segment_array
+from medgen.models.bundle import load_bundle, resolve_model
+from medgen.models.schemas import Sidecar, validate_description
+from medgen.runtime import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,6 @@ class CTSegmenter:
 def _dtype(precision, device: torch.device) -> torch.dtype:
     if isinstance(precision, torch.dtype):
         return precision
-    from medgen.runtime import resolve_precision
     return resolve_precision(precision, device)
 
 
@@ -134,7 +137,6 @@ class NetworkSegmenter(CTSegmenter):
         return self.prepare_image(ct_hu, self.spec)
 
     def segment(self, ct_hu: Volume, *, device="cpu", precision="fp32") -> Volume:
-        from medgen.inference.segment import segment_array
         device = torch.device(device)
         dtype = _dtype(precision, device)
         work = self.prepare(ct_hu)
@@ -162,7 +164,6 @@ def _map_channels_to_ids(labels: np.ndarray, names: dict[int, str]) -> np.ndarra
 
 def load_medgen_segmenter(ref: str | Path) -> NetworkSegmenter:
     """A segmenter exported by ``medgen train segmenter`` (run dir, bundle dir or MLflow URI)."""
-    from medgen.models.bundle import load_bundle, resolve_model
     folder = resolve_model(ref)
     spec = load_bundle(folder, kind="segmenter")
     net = spec.build()
@@ -208,7 +209,6 @@ def spec_from_sidecar(data: Mapping, path: Path | str) -> tuple[InputSpec, dict[
     Validated first by the typed schema :class:`medgen.models.schemas.Sidecar` (spacing > 0, a
     non-empty HU window, 0 <= overlap < 1, ...): one ModelError line naming the sidecar.
     """
-    from medgen.models.schemas import Sidecar, validate_description
     unknown = set(data) - SIDECAR_KEYS
     if unknown:
         raise ModelError(f"unknown sidecar keys {sorted(unknown)}", path=path, fix=f"valid keys: {sorted(SIDECAR_KEYS)}")

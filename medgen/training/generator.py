@@ -32,6 +32,12 @@ from medgen.data.label_image_pairs import (IntensityScale, LabelChannels, Pair, 
 from medgen.data.label_sampler import LabelSamplerConfig
 from medgen.errors import InputError
 from medgen import distributed
+from medgen.inference.generate import synthesize_unit
+from medgen.io.volume import Volume
+from medgen.io.writers import write_volume
+from medgen.metrics.realism import per_label_wasserstein
+from medgen.models.bundle import BundleSpec, save_bundle
+from medgen.runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +163,6 @@ class GeneratorTask:
 
         from medgen.networks.spade_generator import SPADEGenerator
         from medgen.objectives.conditional_gan import ConditionalGANObjective
-        from medgen.runtime import resolve_precision
         if not pairs:
             raise InputError("no training pairs", fix="pass --images and --labels")
         self.config = config
@@ -205,7 +210,6 @@ class GeneratorTask:
 
     # -- TrainingTask ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
-        from medgen.runtime import autocast
         self.generator.train()
         self.discriminator.train()
         labels, real = self.sampler.batch(self.config.data.batch_size)
@@ -225,7 +229,6 @@ class GeneratorTask:
 
     def synthesize(self, case: int, noise_seed: int = 0) -> np.ndarray:
         """The unit-range image the current generator makes for training case ``case``'s label map."""
-        from medgen.inference.generate import synthesize_unit
         return synthesize_unit(self.generator, self.case_channels[case], noise_seed=noise_seed,
                                patch_size=self.config.data.patch_size, overlap=self.config.inference.overlap,
                                device=self.device, dtype=self.dtype)
@@ -233,7 +236,6 @@ class GeneratorTask:
     def validate(self, step: int) -> dict[str, float]:
         if not distributed.is_main_process():
             return {}
-        from medgen.metrics.realism import per_label_wasserstein
         metrics: dict[str, list[float]] = {}
         for case in range(min(self.config.train.validate_cases, len(self.pairs))):
             unit = self.synthesize(case)
@@ -286,9 +288,6 @@ class GeneratorTask:
     # -- export ---------------------------------------------------------------------------------
     def export(self, bundle_dir: str | Path) -> Path:
         """Write the ``generator`` bundle with its label-map bank."""
-        from medgen.io.volume import Volume
-        from medgen.io.writers import write_volume
-        from medgen.models.bundle import BundleSpec, save_bundle
         bundle_dir = Path(bundle_dir)
         bank_dir = bundle_dir / "label_bank"
         bank_dir.mkdir(parents=True, exist_ok=True)

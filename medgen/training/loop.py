@@ -34,9 +34,10 @@ import torch
 
 from medgen.errors import OutputError
 from medgen.progress import progress
-from medgen.runtime import rng_state, set_rng_state
+from medgen.runtime import rng_state, seed_everything, set_rng_state
 from medgen import distributed
 from medgen.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from medgen.io.atomic import ensure_writable_dir, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,6 @@ def _decorrelate_rank_rngs() -> None:
     same noise.
     """
     if distributed.rank() > 0:
-        from medgen.runtime import seed_everything
         seed_everything(int(torch.initial_seed()) % 2**31 + 7919 * distributed.rank())
 
 
@@ -188,7 +188,6 @@ def _debug_param_dump(task: TrainingTask, step: int) -> None:
     if not folder:
         return
     flat = {k: v.detach().cpu().clone() for k, v in flatten_tensors(task.state_dict()).items()}
-    from medgen.io.atomic import write_bytes_atomic
     buffer = io.BytesIO()
     torch.save({"step": step, "rank": distributed.rank(), "world_size": distributed.world_size(), "state": flat},
                buffer)
@@ -210,7 +209,6 @@ def _trim_history(history_path: Path, last_step: int) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
     if not history_path.exists():
         return
-    from medgen.io.atomic import write_text_atomic
     rows = [r for r in read_history(history_path.parent) if r.get("step", 0) <= last_step]
     write_text_atomic(history_path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -249,6 +247,5 @@ def check_run_dir(task: TrainingTask, run_dir: Path, keep: int = 2) -> None:
     The estimate is the task's state size (weights, optimiser moments, sampler state) times the
     ``keep`` checkpoints kept plus the one being written, plus 32 MiB for logs and samples.
     """
-    from medgen.io.atomic import ensure_writable_dir
     state_bytes = sum(t.numel() * t.element_size() for t in flatten_tensors(task.state_dict()).values())
     ensure_writable_dir(run_dir, min_free_bytes=(keep + 1) * state_bytes + 32 * 2**20)

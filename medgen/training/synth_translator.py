@@ -38,6 +38,10 @@ from medgen import distributed
 from medgen.training.ema import WeightEMA
 from medgen.training.translator import (PairedCase, TranslatorConfig, TranslatorTask, _init_weights, generator_kwargs,
                                         linear_decay)
+from medgen.errors import MedgenError
+from medgen.networks.resnet_generator import ResnetGenerator
+from medgen.transforms.intensity import unit_to_hu
+from medgen.transforms.render import render_classes
 
 __all__ = ["SynthTranslatorTask", "synth_classes"]
 
@@ -55,8 +59,6 @@ def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
     """
     from scipy import ndimage
 
-    from medgen.transforms.intensity import unit_to_hu
-    from medgen.transforms.render import render_classes
     ids = [int(lab.max()) for lab in labels if lab is not None and lab.size]
     n_label_ids = max(ids) + 1 if ids else 0
     size = config.synth.class_median
@@ -116,7 +118,6 @@ class SynthTranslatorTask(TranslatorTask):
 
     def _init_generator_only(self, config, device, precision, paired, run_dir, tracker) -> None:
         """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators)."""
-        from medgen.networks.resnet_generator import ResnetGenerator
         self._init_common(config, device, precision, paired, run_dir, tracker)
         train = config.train
         G = ResnetGenerator(**generator_kwargs(config.model))
@@ -165,7 +166,6 @@ class SynthTranslatorTask(TranslatorTask):
         pair = self.val_synth.to(self.device)
         with autocast(self.device, self.precision):
             fake = G(pair.image).float()
-        from medgen.transforms.intensity import unit_to_hu
         window = self.config.ct_window
         err = (unit_to_hu(fake.clamp(-1, 1), window) - unit_to_hu(pair.target, window)).abs()
         body = pair.mask > 0.5
@@ -187,7 +187,6 @@ class SynthTranslatorTask(TranslatorTask):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        from medgen.errors import MedgenError
         if "synth_sampler" not in state or set(state["nets"]) != set(self.nets):
             raise MedgenError("the checkpoint is not from a synthesis-supervised run with the same inputs "
                               f"(networks {sorted(state.get('nets', {}))}, this run trains {sorted(self.nets)})",

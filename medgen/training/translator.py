@@ -39,6 +39,10 @@ from medgen.training.ema import WeightEMA
 from medgen.training.optim import adam
 from medgen.transforms.recipes import PreprocessConfig
 from medgen.transforms.render import DEFAULT_HU_BANDS, RenderConfig
+from medgen.errors import MedgenError
+from medgen.networks.resnet_generator import ResnetGenerator
+from medgen.objectives.ct_views import WindowedViews
+from medgen.viz import Panel, save_panels_png
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +265,10 @@ def build_networks(model: ModelConfig, ct_window=(-1000.0, 1000.0)) -> dict[str,
     """G (``g_mr2ct``), F (``g_ct2mr``), D_CT (``d_ct``) and D_MR (``d_mr``), freshly initialised.
 
     ``ct_window`` (the translator's HU window) is needed only for ``model.disc_ct_windows``."""
-    from medgen.networks.resnet_generator import ResnetGenerator
     kwargs = generator_kwargs(model)
     nets = {"g_mr2ct": ResnetGenerator(**kwargs), "g_ct2mr": ResnetGenerator(**kwargs)}
     views = None
     if model.disc_ct_windows:
-        from medgen.objectives.ct_views import WindowedViews
         views = WindowedViews(ct_window, model.disc_ct_windows)
     for name in ("d_ct", "d_mr"):
         factor = views.factor if name == "d_ct" and views is not None else 1
@@ -453,7 +455,6 @@ class TranslatorTask:
         out.update({k if k != "total" else "d_total": float(v.detach()) for k, v in d_losses.items()})
         out["lr"] = self.sched_g.get_last_lr()[0]
         if not all(math.isfinite(v) for v in out.values()):
-            from medgen.errors import MedgenError
             raise MedgenError(f"training diverged at step {step} (non-finite loss: {out})",
                               fix="lower train.lr, use train.precision=fp32, or resume from an earlier checkpoint")
         return out
@@ -494,7 +495,6 @@ class TranslatorTask:
 
     def _save_grid(self, step: int, G, columns: list, prefix: str = "step") -> None:
         """Paired cases' pictures, then two training samples: one panel per ``(batch, title)`` column."""
-        from medgen.viz import Panel, save_panels_png
         unit = (-1.0, 1.0)
         rows = []
         for case in self.paired[:2]:
@@ -532,7 +532,6 @@ class TranslatorTask:
     def _load_ema(self, state: dict) -> None:
         if self.g_ema is not None:
             if "g_ema" not in state:
-                from medgen.errors import MedgenError
                 raise MedgenError("the checkpoint has no EMA generator but train.ema_decay is set",
                                   fix="resume with the run's original config (train.ema_decay=null) or start a new run")
             self.g_ema.load_state_dict(state["g_ema"])

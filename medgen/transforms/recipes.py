@@ -40,13 +40,19 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from medgen.config import StrictModel, config_hash, load_config
-from medgen.errors import ConfigError, MedgenError
+from medgen.errors import ConfigError, InputError, MedgenError
 from medgen.io.geometry import resample_to_grid
 from medgen.io.volume import Volume
 from medgen.transforms._base import grid_of
 from medgen.transforms.checks import check_modality, check_not_constant
 from medgen.transforms.intensity import check_knots, unit_to_hu, unit_to_range
-from medgen.transforms.reorient import check_axcodes
+from medgen.transforms.reorient import Reorientd, check_axcodes
+from medgen.transforms.body_mask import BodyMaskd
+from medgen.transforms.crop import CropForegroundd
+from medgen.transforms.ct_window import CTWindowd
+from medgen.transforms.mr_normalize import MRNormalized
+from medgen.transforms.n4 import N4BiasCorrectiond
+from medgen.transforms.resample import ResampleToSpacingd
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +184,6 @@ def build_recipe(config: PreprocessConfig):
     """The MONAI ``Compose`` for ``config`` (dictionary transforms over Volumes)."""
     from monai.transforms import Compose
 
-    from medgen.transforms.body_mask import BodyMaskd
-    from medgen.transforms.crop import CropForegroundd
-    from medgen.transforms.ct_window import CTWindowd
-    from medgen.transforms.mr_normalize import MRNormalized
-    from medgen.transforms.n4 import N4BiasCorrectiond
-    from medgen.transforms.reorient import Reorientd
-    from medgen.transforms.resample import ResampleToSpacingd
 
     m = config.mask
     steps = [
@@ -223,8 +222,6 @@ def preprocess(volume: Volume, config: PreprocessConfig, label: Volume | None = 
         InputError: constant volume, intensities implausible for the modality (e.g. an MR
             passed as CT), a label map on another grid, or no body found.
     """
-    from medgen.errors import InputError
-
     check_not_constant(volume)
     if config.check_intensities:
         check_modality(volume, config.modality)
