@@ -6,6 +6,7 @@ import logging
 import os
 
 from medgen.cli import add_config, subparser
+from medgen.errors import InputError
 
 log = logging.getLogger("medgen.demo")
 
@@ -40,7 +41,6 @@ def run(args) -> int:
     out_dir = Path(args.output)
     sample = Path(args.sample_data) if args.sample_data else None
     if sample is not None and not sample.is_dir():
-        from medgen.errors import InputError
         raise InputError("is not a folder", path=sample, fix="pass a folder of real volumes or leave --sample-data out")
     log.info("medgen demo (%s) -> %s", name, out_dir)
     result = run_demo(out_dir, config, sample_data=sample, config_name=name, mlflow=not args.no_mlflow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
+from medgen.errors import InputError
 
 
 def register(sub) -> None:
@@ -31,7 +32,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from medgen.errors import InputError
     from medgen.pipelines.generate import generate
 
     if args.num is None and not args.labels:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from medgen.cli import add_config, subparser
+from medgen.cli.common import add_executor
+from medgen.errors import InputError
 
 log = logging.getLogger("medgen")
 
@@ -39,7 +41,6 @@ def register(sub) -> None:
                         help="label-map files/folders, paired with images by case id (suffixes such as _seg, "
                              "_labels, _ct are ignored; case7/labels.nii.gz pairs with case7/ct.nii.gz)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="parallel worker processes (one case each)")
-    from medgen.cli.common import add_executor
     add_executor(parser)
     parser.add_argument("--series-uid", default=None, help="pick one series of DICOM folders holding several")
     parser.add_argument("--overwrite", action="store_true",
@@ -50,7 +51,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from medgen.errors import InputError
     from medgen.pipelines.executor import prestart
     # first: the pool imports while this process does; a bad address fails here
     prestart(args.workers, args.executor, preload=("medgen.pipelines.preprocess",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
+from medgen.cli.common import add_batch_args, finish_batch
 
 
 def register(sub) -> None:
@@ -33,7 +34,6 @@ def register(sub) -> None:
     parser.add_argument("--modality", default="CT", help="series of a DICOMweb study URL to segment")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
     parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
-    from medgen.cli.common import add_batch_args
     add_batch_args(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=True)
@@ -41,7 +41,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from medgen.cli.common import finish_batch
     from medgen.pipelines.segment import SegmentOptions, segment
 
     options = SegmentOptions(segmenter=args.segmenter, trust_bundle=args.trust_bundle, device=args.device,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
+from medgen.cli.common import add_batch_args, finish_batch
 
 
 def register(sub) -> None:
@@ -48,7 +49,6 @@ def register(sub) -> None:
                              "masks) in labels.json, the summary and the QC picture; low agreement is flagged")
     parser.add_argument("--agreement-threshold", type=float, default=0.7,
                         help="agreement below which a case or structure is flagged")
-    from medgen.cli.common import add_batch_args
     add_batch_args(parser)
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
@@ -64,5 +64,4 @@ def run(args) -> int:
                            agreement=args.agreement, agreement_threshold=args.agreement_threshold)
     reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,
                          dicom_seg=args.dicom_seg, workers=args.workers, executor=args.executor)
-    from medgen.cli.common import finish_batch
     return finish_batch(reports, "mask")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli.common import add_training_args, subparser, training_overrides
+from medgen.errors import InputError
 
 DEFAULT_CONFIG = "translator/cyclegan_25d"
 
@@ -40,7 +41,6 @@ def register(trainers) -> None:
 
 def run(args) -> int:
     from medgen.config import load_config
-    from medgen.errors import InputError
     from medgen.pipelines.train_translator import train_translator
     from medgen.training.translator import TranslatorConfig
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
+from medgen.cli.common import add_batch_args, finish_batch
+from medgen.errors import InputError
 
 
 def register(sub) -> None:
@@ -25,7 +27,6 @@ def register(sub) -> None:
     parser.add_argument("--series-uid", default=None, help="pick one series of a DICOM folder holding several")
     parser.add_argument("--keep-background", action="store_true",
                         help="do not force voxels outside the MR body mask to air")
-    from medgen.cli.common import add_batch_args
     add_batch_args(parser, overwrite_help="replace an existing output file, also one medgen did not write")
     add_device(parser, precision=True)
     parser.set_defaults(handler=run)
@@ -40,7 +41,6 @@ def run(args) -> int:
     mask_background = False if args.keep_background else None
     if args.output.lower().endswith(VOLUME_SUFFIXES):
         if len(args.input) != 1:
-            from medgen.errors import InputError
             raise InputError(f"{len(args.input)} inputs given but -o is one file", path=args.output,
                              fix="pass an output folder for several scans")
         translate_file(args.input[0], args.output, args.model, device=args.device, precision=args.precision,
@@ -49,5 +49,4 @@ def run(args) -> int:
     options = TranslateOptions(model=args.model, device=args.device, precision=args.precision,
                                overwrite=args.overwrite, series_uid=args.series_uid, mask_background=mask_background)
     reports = translate_batch(args.input, args.output, options, workers=args.workers, executor=args.executor)
-    from medgen.cli.common import finish_batch
     return finish_batch(reports, "sct")
