@@ -64,13 +64,17 @@ def read_config_text(ref: str | Path) -> tuple[str, str]:
                       fix="pass an existing .yaml file or one of: " + ", ".join(shipped_config_names()))
 
 
+def _is_section(annotation: Any) -> bool:
+    """A field whose type is a config section (a pydantic model), as opposed to a value."""
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def dotted_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
     """All valid ``a.b.c`` keys of a schema (for error messages and ``--set``)."""
     keys = []
     for name, info in schema.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += dotted_keys(annotation, f"{prefix}{name}.")
+        if _is_section(info.annotation):
+            keys += dotted_keys(info.annotation, f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")
     return keys
@@ -168,10 +172,6 @@ def load_config(ref: str | Path | None, schema: type[T], *, default: str,
     for assignment in overrides:
         apply_override(data, assignment, schema)
     return validate(with_section_defaults(data, schema), schema, source)
-
-
-def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _merge_section(base: dict, given: dict, section: type[BaseModel]) -> dict:
