@@ -3,8 +3,10 @@
 What it measures (each as a separate ``medgen`` command, exactly as a user runs it):
 
 * ``medgen preprocess`` of N phantom CTs (default 8 of 128 x 128 x 64 at 2 x 2 x 3 mm) with
-  ``--workers 1`` and ``--workers 2``: cases/s over the pipeline's own time (from its summary line)
-  and over the whole command (imports and pool start included);
+  ``--workers 1`` and ``--workers 2`` (a process pool, ``--executor local``, and threads,
+  ``--executor threads``): cases/s over the pipeline's own time (from its summary line) and over
+  the whole command (imports and pool start included); with ``--segment-mr`` the same for
+  ``medgen segment-mr`` of the N phantom MRs (random-weight default models);
 * ``torchrun --nproc_per_node P -m medgen train translator`` (2D CycleGAN, small config) with
   P = 1 and 2: steps/s from the loop's own ``metrics.jsonl`` (start-up excluded) and samples/s
   (steps/s x P x batch size: each rank trains on its own batch);
@@ -19,6 +21,7 @@ Usage::
     python bench/scale.py                       # defaults (a few minutes on 2 cores)
     python bench/scale.py --cases 4 --steps 10  # quicker
     python bench/scale.py --cases 16 --skip-training --dask   # local pool vs Dask (2 workers each)
+    python bench/scale.py --skip-training --segment-mr        # batches only: preprocess and segment-mr
 """
 
 from __future__ import annotations
@@ -112,19 +115,55 @@ def write_phantoms(folder: Path, n: int, shape: tuple[int, int, int]) -> list[Pa
     return paths
 
 
-def bench_preprocess(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None) -> dict:
-    out = work / f"prep_w{workers}"
+def bench_preprocess(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None,
+                     executor: str = "local") -> dict:
+    out = work / f"prep_{executor}_w{workers}"
     cmd = [sys.executable, "-m", "medgen", "preprocess", str(data / "ct"), "-o", str(out), "--modality", "ct",
-           "--workers", str(workers), "--no-mlflow"]
+           "--workers", str(workers), "--executor", executor, "--no-mlflow"]
     r = run_measured(cmd, _env(threads or max(1, cores // workers)))
     if r["returncode"] != 0:
         raise RuntimeError(f"preprocess failed: {r['stderr'][-2000:]}")
     match = re.search(r"preprocessed (\d+), .* in ([\d.]+) s", r["stderr"])
     done, seconds = (int(match.group(1)), float(match.group(2))) if match else (n, r["wall_s"])
-    return {"workers": workers, "cases": done, "pipeline_s": round(seconds, 2), "command_s": round(r["wall_s"], 2),
-            "cases_per_s": round(done / seconds, 3), "cases_per_s_with_startup": round(done / r["wall_s"], 3),
+    return _batch_row(executor, workers, done, seconds, r)
+
+
+def bench_segment_mr(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None,
+                     executor: str = "local") -> dict:
+    """``medgen segment-mr`` of the N phantom MRs with random-weight default models (speed does not
+    depend on the weights); pipeline seconds from its summary JSON."""
+    translator, segmenter = _models(work / "models")
+    out = work / f"segmr_{executor}_w{workers}"
+    cmd = [sys.executable, "-m", "medgen", "segment-mr", "-q", "-i", str(data / "mr"), "-o", str(out),
+           "--translator", str(translator), "--segmenter", str(segmenter), "--device", "cpu", "--precision", "fp32",
+           "--workers", str(workers), "--executor", executor]
+    r = run_measured(cmd, _env(threads or max(1, cores // workers)))
+    if r["returncode"] != 0:
+        raise RuntimeError(f"segment-mr failed: {r['stderr'][-2000:]}")
+    summary = json.loads((out / "segment_mr_summary.json").read_text())
+    return _batch_row(executor, workers, summary["ok"], summary["seconds"], r)
+
+
+def _models(folder: Path) -> tuple[Path, Path]:
+    """The random-weight default translator and segmenter bundles of ``bench/segment_mr.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from segment_mr import random_weight_models
+    return random_weight_models(folder)
+
+
+def _batch_row(executor: str, workers: int, done: int, seconds: float, r: dict) -> dict:
+    return {"executor": executor, "workers": workers, "cases": done, "pipeline_s": round(seconds, 2),
+            "command_s": round(r["wall_s"], 2), "cases_per_s": round(done / seconds, 3),
+            "cases_per_s_with_startup": round(done / r["wall_s"], 3),
             "peak_rss_largest_process_mb": r["peak_rss_largest_process_mb"],
             "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
+
+
+def _speedups(rows: list[dict]) -> dict:
+    """cases/s (with start-up) of each executor and worker count over the one-worker run."""
+    base = next(r for r in rows if r["workers"] == 1)
+    return {f"{r['executor']}_w{r['workers']}": round(r["cases_per_s_with_startup"] / base["cases_per_s_with_startup"], 2)
+            for r in rows if r is not base}
 
 
 def bench_preprocess_dask(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None) -> dict:
@@ -184,6 +223,12 @@ def bench_training(data: Path, work: Path, procs: int, steps: int, cores: int, t
             "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
 
 
+def _batch_runs(bench, data: Path, work: Path, args, cores: int) -> list[dict]:
+    """One run per worker count (and per executor beyond one worker), interleaved in that order."""
+    return [bench(data, work, args.cases, w, cores, args.threads, executor)
+            for w in args.parallel for executor in (["local"] if w == 1 else args.executors)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=8, help="phantoms to preprocess")
@@ -192,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2], help="workers / processes to compare")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch/OpenMP threads per process (default: cores // workers or processes)")
+    parser.add_argument("--executors", nargs="+", default=["local", "threads"], choices=["local", "threads"],
+                        help="local executors to compare at each worker count > 1 (processes, threads)")
+    parser.add_argument("--segment-mr", action="store_true",
+                        help="also time medgen segment-mr of the phantom MRs (random-weight default models)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--dask", action="store_true",
                         help="also preprocess with --executor dask:// on a local 2-worker cluster (vs the local pool)")
@@ -208,20 +257,21 @@ def main(argv: list[str] | None = None) -> int:
                           "python": sys.version.split()[0]},
               "data": {"cases": args.cases, "shape": args.shape, "spacing_mm": [2.0, 2.0, 3.0],
                        "write_s": round(time.perf_counter() - t0, 2)},
-              "preprocess": [bench_preprocess(data, work, args.cases, w, cores, args.threads) for w in args.parallel]}
+              "preprocess": _batch_runs(bench_preprocess, data, work, args, cores)}
+    if args.segment_mr:
+        result["segment_mr"] = _batch_runs(bench_segment_mr, data, work, args, cores)
     if args.dask:
         result["preprocess_dask"] = [bench_preprocess_dask(data, work, args.cases, w, cores, args.threads)
                                      for w in args.parallel if w > 1]
-        pool = {r["workers"]: r for r in result["preprocess"]}
+        pool = {r["workers"]: r for r in result["preprocess"] if r["executor"] == "local"}
         result["dask_vs_local_pool"] = {str(r["workers"]): round(r["cases_per_s_with_startup"]
                                                                  / pool[r["workers"]]["cases_per_s_with_startup"], 2)
                                         for r in result["preprocess_dask"] if r["workers"] in pool}
     if not args.skip_training:
         result["training"] = [bench_training(data, work, p, args.steps, cores, args.threads) for p in args.parallel]
-    base_p, base_t = result["preprocess"][0], result.get("training", [None])[0]
-    result["speedup"] = {
-        "preprocess": {str(r["workers"]): round(r["cases_per_s"] / base_p["cases_per_s"], 2)
-                       for r in result["preprocess"]},
+    base_t = result.get("training", [None])[0]
+    result["speedup_with_startup"] = {
+        **{command: _speedups(result[command]) for command in ("preprocess", "segment_mr") if command in result},
         **({"training_samples_per_s": {str(r["processes"]): round(r["samples_per_s"] / base_t["samples_per_s"], 2)
                                        for r in result["training"]}} if base_t else {}),
     }

@@ -41,7 +41,7 @@ from pathlib import Path
 SPACINGS = {(256, 256, 100): (1.5, 1.5, 3.0), (512, 512, 300): (0.75, 0.75, 1.0)}
 
 
-def _models(folder: Path) -> tuple[Path, Path]:
+def random_weight_models(folder: Path) -> tuple[Path, Path]:
     """Random-weight translator and segmenter bundles of the default configurations (cached)."""
     import torch
 
@@ -149,7 +149,7 @@ def run_one(size: tuple[int, int, int], precision: str, work: Path, path: str = 
     from medgen.pipelines import segment_mr
     from medgen.pipelines.segment_mr import CaseOutputs, ChainOptions, segment_one
 
-    tr, seg = _models(work / "models")
+    tr, seg = random_weight_models(work / "models")
     mr_path = work / f"mr_{'x'.join(map(str, size))}.nii.gz"
     if not mr_path.exists():
         p = make_phantom(0, shape=size, spacing=SPACINGS.get(size, (1.0, 1.0, 1.0)))
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         size = tuple(int(s) for s in args.one[0].split("x"))
         print(json.dumps(run_one(size, args.one[1], work, args.one[2])))
         return 0
-    _models(work / "models")
+    random_weight_models(work / "models")
     from medgen.runtime import cpu_supports_bf16
     runs, summary = [], []
     for size in args.sizes:

@@ -14,7 +14,8 @@ Measures, in one process and on the same inputs:
   ``translate_volume`` chain (preprocess -> translate -> invert) on a 256x256x100 MR phantom.
 
 Ratios > 1 mean medgen is faster. Note medgen's training step does *more* work than the reference
-(structure and air terms); ``library_fp32_plain_losses`` isolates the implementation difference.
+(structure, air and histogram terms); ``library_fp32_plain_losses`` trains the reference's losses
+(:data:`REFERENCE_LOSSES`: identity included) and so isolates the implementation difference.
 
 Usage::
 
@@ -121,6 +122,14 @@ def reference_inference(G, volume: np.ndarray, context: int) -> np.ndarray:
     return out
 
 
+#: the reference loop's losses in the library's terms (LSGAN + cycle 10 + identity 0.5 of it, no
+#: structure, air or histogram term): ``library_fp32_plain_losses`` trains exactly these, so its ratio
+#: to ``reference_fp32`` is the implementation difference alone.
+REFERENCE_LOSSES = {"lambda_cycle": 10.0, "lambda_identity": 0.5, "structure": "none", "lambda_air": 0.0,
+                    "lambda_histogram": 0.0, "lambda_shape": 0.0, "lambda_seg_adv": 0.0,
+                    "lambda_class_intensity": 0.0, "cycle_noise": 0.0, "shape_segmenter": None}
+
+
 # ------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
     def library_task(dtype, plain=False):
         cfg = config
         if plain:
-            cfg = config.model_copy(update={"loss": config.loss.model_copy(update={"structure": "none", "lambda_air": 0.0})})
+            cfg = config.model_copy(update={"loss": config.loss.model_copy(update=REFERENCE_LOSSES)})
         seed_everything(0)
         task = TranslatorTask(cfg, [mr_unit], [ct_unit], device="cpu", precision=dtype)
         counter = iter(range(1, 10_000))
@@ -198,8 +207,8 @@ def main(argv=None) -> int:
     result["inference_speedup_vs_reference"] = {k: round(infer["reference_fp32"] / v, 3)
                                                 for k, v in infer.items() if k.startswith("library")}
     result["notes"] = ("reference = original CycleGAN loop (separate passes, fp32, LSGAN+cycle+identity+pools), "
-                       "same networks and batch; library steps include the MIND structure and air terms unless "
-                       "'plain_losses'; inference 'library' columns are the network part on the 256x256x100 array "
+                       "same networks and batch; library steps include the MIND structure, air and histogram terms "
+                       "unless 'plain_losses' (then exactly the reference's losses, identity 0.5 included); inference 'library' columns are the network part on the 256x256x100 array "
                        "(2.5D stacks, batch of slices, blended), 'chain' adds preprocess + invert on the phantom "
                        "MR (body-cropped before translation)")
     print(json.dumps(result, indent=1))

@@ -1,7 +1,7 @@
 """The one batch engine of the per-case commands (``preprocess``, ``translate``, ``segment-mr``, ``segment``).
 
 A batch is a list of independent cases, each with its own output files. This module runs them
-one at a time or in a process pool and gives every command the same guarantees:
+one at a time, in a process or thread pool or on Dask, and gives every command the same guarantees:
 
 * failure isolation: a case that raises is recorded as ``failed`` (with a one-line message)
   and the batch goes on; a worker process that dies (killed, out of memory) fails only the
@@ -39,7 +39,7 @@ from typing import Any, Callable
 from medgen.errors import MedgenError
 from medgen.io import ownership
 from medgen.io.atomic import write_text_atomic
-from medgen.pipelines.executor import WORKER_DIED, run_tasks
+from medgen.pipelines.executor import THREADS, WORKER_DIED, parse_executor, run_tasks
 from medgen.progress import progress
 
 log = logging.getLogger(__name__)
@@ -187,13 +187,14 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
 
     Args:
         jobs: the cases.
-        workers: local worker processes (1: in this process).
+        workers: local worker processes or threads (1: in this process, one case after another).
         overwrite: the user's ``--overwrite`` (files medgen did not write may be replaced).
         redo_done: also run the cases that are done; by default ``overwrite`` (``preprocess`` passes
             False: its done check already proves the outputs are medgen's, for this input and config).
         desc: the progress bar's label.
-        executor: ``local`` (this process, or a pool of ``workers`` processes) or
-            ``dask://HOST:PORT`` (one Dask task per case; see :mod:`medgen.pipelines.executor`).
+        executor: ``local`` (this process, or a pool of ``workers`` processes), ``threads``
+            (``workers`` threads of this process) or ``dask://HOST:PORT`` (one Dask task per case;
+            see :mod:`medgen.pipelines.executor`).
         on_report: called in this process with each case and its report as soon as the case is
             skipped or finished (e.g. to journal it), before the batch ends.
     """
@@ -209,7 +210,7 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
             todo.append(job)
     log.info("%d cases: %d to do, %d already done", len(jobs), len(todo), len(reports))
     start = time.perf_counter()
-    if (executor in (None, "local")) and (workers <= 1 or len(todo) <= 1):
+    if parse_executor(executor) in (None, THREADS) and (workers <= 1 or len(todo) <= 1):
         for job in progress(todo, desc=desc, unit="case"):
             reports.append(run_job(job))
             on_report(job, reports[-1])

@@ -8,6 +8,11 @@ cases to :func:`run_tasks`, chosen by ``--executor``:
   once (``spawn`` made every worker import them again: seconds of start-up per worker, which
   made 2 workers slower than 1 on small batches). Each worker gets ``cores // N`` torch threads,
   so N workers do not oversubscribe the cores.
+* ``threads``: ``--workers N`` runs the cases in N threads of this process: no worker start-up
+  and no pickling, and the heavy parts of a case (gzip, SimpleITK / numpy resampling, torch
+  networks) release the GIL, so threads run them side by side. Torch and SimpleITK get
+  ``cores // N`` threads each while the batch runs. A case that crashes the interpreter (out of
+  memory) takes the whole command with it; rerunning it resumes.
 * ``dask://HOST:PORT``: each case is one task on a running ``dask.distributed`` scheduler
   (``dask-scheduler``, ``dask-jobqueue`` on Slurm, the Dask Kubernetes operator...). The workers
   must see the same file system paths and have medgen installed. A task whose worker dies is
@@ -21,6 +26,7 @@ the infrastructure failing: a worker process that died, a task Dask gave up on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -32,7 +38,7 @@ from medgen.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_executor", "prestart", "run_tasks", "WORKER_DIED"]
+__all__ = ["parse_executor", "prestart", "run_tasks", "THREADS", "WORKER_DIED"]
 
 #: what the forkserver imports once for every command (plus the command's own work module), so pool
 #: workers start without importing them again. Only what the workers need: the command's first
@@ -43,21 +49,28 @@ WORKER_DIED = ("a worker process died (killed or out of memory) before this case
                "rerun the same command to redo it")
 
 
+#: :func:`parse_executor`'s value for ``--executor threads``.
+THREADS = "threads"
+
+
 def parse_executor(spec: str | None) -> str | None:
-    """``None`` for the local executor, else the Dask scheduler address ``tcp://HOST:PORT``.
+    """``None`` for the local process pool, :data:`THREADS` for ``threads``, else the Dask scheduler
+    address ``tcp://HOST:PORT``.
 
     Raises:
-        InputError: neither ``local`` nor ``dask://HOST:PORT``.
+        InputError: not ``local``, ``threads`` or ``dask://HOST:PORT``.
     """
     if spec is None or spec == "local":
         return None
+    if spec == THREADS:
+        return THREADS
     if spec.startswith("dask://"):
         address = spec[len("dask://"):]
         host, _, port = address.rpartition(":")
         if host and port.isdigit():
             return f"tcp://{address}"
     raise InputError(f"'{spec}' is not an executor", path="--executor",
-                     fix="pass --executor local (default) or --executor dask://HOST:PORT (a dask.distributed scheduler)")
+                     fix="pass --executor local (default), threads, or dask://HOST:PORT (a dask.distributed scheduler)")
 
 
 def prestart(workers: int, executor: str | None = "local", preload: Sequence[str] = ()) -> None:
@@ -79,13 +92,15 @@ def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1, ex
     Args:
         fn: module-level function (pickled by reference to the workers).
         items: picklable arguments, one per case.
-        workers: local worker processes (ignored for Dask: the cluster has its own).
-        executor: ``local`` / None or ``dask://HOST:PORT``.
+        workers: local worker processes or threads (ignored for Dask: the cluster has its own).
+        executor: ``local`` / None, ``threads`` or ``dask://HOST:PORT``.
         preload: modules the local pool's workers need (imported once in the forkserver; ``fn``'s
             own module always is); ignored when :func:`prestart` already started it.
     """
     address = parse_executor(executor)
-    if address is not None:
+    if address == THREADS and workers > 1 and len(items) > 1:
+        yield from _run_threads(fn, items, min(int(workers), len(items)))
+    elif address not in (None, THREADS):
         yield from _run_dask(fn, items, address)
     elif workers <= 1 or len(items) <= 1:
         for i, item in enumerate(items):
@@ -142,6 +157,44 @@ def _run_pool(fn, items, workers: int, preload: Sequence[str]) -> Iterator[tuple
                 yield i, None, f"{type(exc).__name__}: {exc}"
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# threads
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _thread_share(threads: int) -> Iterator[None]:
+    """Torch and SimpleITK use ``threads`` threads per call inside the block (restored after), so
+    N batch threads together use the cores once."""
+    import SimpleITK as sitk
+    import torch
+
+    torch_before, sitk_before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_before)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)
+
+
+def _run_threads(fn, items, workers: int) -> Iterator[tuple[int, Any, str | None]]:
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with _thread_share(max(1, _cores() // workers)), ThreadPoolExecutor(max_workers=workers,
+                                                                       thread_name_prefix="medgen-case") as pool:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        try:
+            for future in as_completed(futures):
+                try:
+                    yield futures[future], future.result(), None
+                except Exception as exc:  # noqa: BLE001 - fn should not raise; report, go on
+                    yield futures[future], None, f"{type(exc).__name__}: {exc}"
+        finally:  # interrupted: start no further case; the running ones finish (their markers go)
+            for future in futures:
+                future.cancel()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from medgen.errors import InputError, OutputError
 from medgen.io.readers import VOLUME_SUFFIXES, labels_json_path, read_volume
 from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+from medgen.models.cache import ModelCache
 from medgen.pipelines.segment_mr import (AUTO, CaseOutputs, _batch_outputs, _case_files, _single, is_dicom_input,
                                          write_mask_outputs)
 from medgen.io.atomic import check_output_path
@@ -48,21 +49,18 @@ class SegmentOptions:
     precision: str = "auto"
     overwrite: bool = False
     series_uid: str | None = None
-    flip_tta: bool = False
+    tta: bool = False
     push_seg: bool = False  # store each DICOM SEG back into the DICOMweb study it came from
 
 
-_MODELS: dict = {}
+_MODELS = ModelCache()
 
 
 def cached_segmenter(options: SegmentOptions):
     """The segmenter, loaded once per process (a batch worker segments many volumes)."""
-    key = (options.segmenter, options.trust_bundle, options.flip_tta)
-    if _MODELS.get("key") != key:
-        _MODELS.clear()
-        _MODELS.update(key=key, segmenter=load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
-                                                         flip_tta=options.flip_tta))
-    return _MODELS["segmenter"]
+    key = (options.segmenter, options.trust_bundle, options.tta)
+    return _MODELS.get(key, lambda: load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
+                                                   tta=options.tta))
 
 
 def segment_volume(image, segmenter, *, device: str = "auto", precision: str = "auto"):
@@ -154,7 +152,7 @@ def segment(inputs: list[str | Path], output: str | Path, options: SegmentOption
             command="medgen segment", outputs=[SUMMARY_NAME])
         with claim, start_run("segment", output_dir=run_dir, enabled=mlflow) as tracker:
             tracker.log_params({"segmenter": options.segmenter, "n_inputs": len(cases), "workers": workers,
-                                "device": options.device, "precision": options.precision, "tta": options.flip_tta,
+                                "device": options.device, "precision": options.precision, "tta": options.tta,
                                 "dicom_seg": bool(dicom_seg)})
             start = time.perf_counter()
             if single:

@@ -19,6 +19,7 @@ from pathlib import Path
 from medgen.errors import InputError, OutputError
 from medgen.io.readers import VOLUME_SUFFIXES, labels_json_path, read_volume
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+from medgen.models.cache import ModelCache
 from medgen import __version__
 from medgen.data.dicomweb_cases import collect_cases, is_dicom_source, run_on_source
 from medgen.inference.chain import load_chain_translator, segment_mr_volume
@@ -46,7 +47,7 @@ class ChainOptions:
     overwrite: bool = False
     series_uid: str | None = None
     ct_reference: str | None = None
-    flip_tta: bool = False
+    tta: bool = False
     agreement: bool = False  # second, perturbed pass: per-structure agreement and a reliability flag
     agreement_threshold: float = 0.7
     push_seg: bool = False  # DICOMweb input: store the DICOM SEG back into the study
@@ -70,18 +71,15 @@ def is_dicom_input(path: Path) -> bool:
 # one scan
 # ---------------------------------------------------------------------------------------------
 
-_MODELS: dict = {}
+_MODELS = ModelCache()
 
 
 def _models(options: ChainOptions):
     """Translator and segmenter, loaded once per process."""
-    key = (options.translator, options.segmenter, options.trust_bundle, options.flip_tta)
-    if _MODELS.get("key") != key:
-        _MODELS.clear()
-        _MODELS.update(key=key, translator=load_chain_translator(options.translator),
-                       segmenter=load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
-                                                flip_tta=options.flip_tta))
-    return _MODELS["translator"], _MODELS["segmenter"]
+    key = (options.translator, options.segmenter, options.trust_bundle, options.tta)
+    return _MODELS.get(key, lambda: (load_chain_translator(options.translator),
+                                     load_segmenter(options.segmenter, trust_bundle=options.trust_bundle,
+                                                    tta=options.tta)))
 
 
 def segment_one(mr_path: Path, outputs: CaseOutputs, options: ChainOptions, *, case_id: str = "") -> CaseReport:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
+from medgen.models.cache import ModelCache
 from medgen.data.dicomweb_cases import collect_cases, local_source
 from medgen.errors import InputError, OutputError
 from medgen.inference.translate import load_translator, translate_volume
@@ -63,15 +64,12 @@ def translate_file(mr_path: str | Path, out_path: str | Path, model, *, device: 
     return Path(path)
 
 
-_MODELS: dict = {}
+_MODELS = ModelCache()
 
 
 def _cached_translator(model: str | Path):
     """The translator, loaded once per process (a batch worker translates many scans)."""
-    if _MODELS.get("key") != str(model):
-        _MODELS.clear()
-        _MODELS.update(key=str(model), translator=load_translator(model))
-    return _MODELS["translator"]
+    return _MODELS.get(str(model), lambda: load_translator(model))
 
 
 @dataclass

@@ -33,16 +33,18 @@ def training_overrides(args) -> list[str]:
 
 def add_batch_args(parser, *, overwrite_help: str = "replace existing outputs (never an input)") -> None:
     """``--workers``, ``--executor`` and ``--overwrite`` of a per-case batch command (:mod:`medgen.pipelines.batch`)."""
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes for a batch")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cases run in parallel (processes; threads with --executor threads)")
     add_executor(parser)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
 def add_executor(parser) -> None:
-    """``--executor local|dask://HOST:PORT``: where a batch's cases run (:mod:`medgen.pipelines.executor`)."""
+    """``--executor local|threads|dask://HOST:PORT``: where a batch's cases run (:mod:`medgen.pipelines.executor`)."""
     parser.add_argument("--executor", default="local", metavar="EXECUTOR",
-                        help="local (default: this machine, --workers processes) or dask://HOST:PORT (each case a "
-                             "task on that dask.distributed scheduler; workers must see the same paths)")
+                        help="local (default: this machine, --workers processes), threads (--workers threads of "
+                             "this process: no worker start-up) or dask://HOST:PORT (each case a task on that "
+                             "dask.distributed scheduler; workers must see the same paths)")
 
 
 def finish_batch(reports, output_key: str) -> int:

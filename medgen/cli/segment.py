@@ -33,7 +33,7 @@ def register(sub) -> None:
                              "MEDGEN_DICOMWEB_TOKEN or MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD)")
     parser.add_argument("--modality", default="CT", help="series of a DICOMweb study URL to segment")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
-    parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the segmenter over a second window grid shifted by half a stride (2x the segmenter time)")
     add_batch_args(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=True)
@@ -45,7 +45,7 @@ def run(args) -> int:
 
     options = SegmentOptions(segmenter=args.segmenter, trust_bundle=args.trust_bundle, device=args.device,
                              precision=args.precision, overwrite=args.overwrite, series_uid=args.series_uid,
-                             flip_tta=args.tta, push_seg=args.push_seg)
+                             tta=args.tta, push_seg=args.push_seg)
     reports = segment(args.input, args.output, options, dicom_seg=args.dicom_seg, workers=args.workers,
                       executor=args.executor,
                       mlflow=not args.no_mlflow, modality=args.modality)

@@ -42,7 +42,7 @@ def register(sub) -> None:
                              "synthetic CT as a new series); credentials from MEDGEN_DICOMWEB_TOKEN or "
                              "MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
-    parser.add_argument("--tta", action="store_true", help="average the segmenter with a superior-inferior flip")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the segmenter over a second window grid shifted by half a stride (2x the segmenter time)")
     parser.add_argument("--agreement", action="store_true",
                         help="reliability flag without ground truth: run the chain again on a perturbed copy of the "
                              "MR (contrast and position) and report per-structure agreement (Dice between the two "
@@ -59,7 +59,7 @@ def run(args) -> int:
 
     options = ChainOptions(translator=args.translator, segmenter=args.segmenter, trust_bundle=args.trust_bundle,
                            device=args.device, precision=args.precision, overwrite=args.overwrite,
-                           series_uid=args.series_uid, ct_reference=args.ct_reference, flip_tta=args.tta,
+                           series_uid=args.series_uid, ct_reference=args.ct_reference, tta=args.tta,
                            push_seg=args.push_seg, push_sct=args.push_seg and bool(args.save_sct),
                            agreement=args.agreement, agreement_threshold=args.agreement_threshold)
     reports = segment_mr(args.input, args.output, options, save_sct=args.save_sct, qc=args.qc,

@@ -12,7 +12,7 @@ recorded under its name; size + modification time equal to an entry skip re-hash
 written before the temporary file is renamed into place (see :func:`medgen.io.atomic.atomic_path`),
 so an interruption between the two never leaves a medgen file that medgen does not recognise.
 
-A :class:`Guard` is active for a folder in a process while a batch writes into it
+A :class:`Guard` is active for a folder in a thread while a batch case writes into it
 (:func:`guarded`); outside one, writers behave as before (refuse existing files without
 ``overwrite``).
 """
@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -129,28 +130,37 @@ class Guard:
         return True
 
 
-_ACTIVE: dict[Path, Guard] = {}
+#: the active guards of each thread (a thread-pool batch runs one case per thread: each case's
+#: guard is its own, and one case ending does not deactivate another's)
+_THREAD = threading.local()
+
+
+def _active() -> dict[Path, Guard]:
+    if not hasattr(_THREAD, "guards"):
+        _THREAD.guards = {}
+    return _THREAD.guards
 
 
 def active_guard(path: str | Path) -> Guard | None:
-    """The guard of the folder holding ``path``, if a batch in this process is writing there."""
-    return _ACTIVE.get(Path(path).resolve().parent)
+    """The guard of the folder holding ``path``, if a batch in this thread is writing there."""
+    return _active().get(Path(path).resolve().parent)
 
 
 @contextlib.contextmanager
 def guarded(folder: str | Path, *, overwrite: bool = False) -> Iterator[Guard]:
-    """Activate the ownership guard of ``folder`` in this process for the block (re-entrant)."""
+    """Activate the ownership guard of ``folder`` in this thread for the block (re-entrant)."""
+    active = _active()
     key = Path(folder).resolve()
-    outer = _ACTIVE.get(key)
+    outer = active.get(key)
     guard = Guard(key, overwrite=overwrite) if outer is None or outer.overwrite != overwrite else outer
-    _ACTIVE[key] = guard
+    active[key] = guard
     try:
         yield guard
     finally:
         if outer is None:
-            _ACTIVE.pop(key, None)
+            active.pop(key, None)
         else:
-            _ACTIVE[key] = outer
+            active[key] = outer
 
 
 def owns(path: str | Path) -> bool:

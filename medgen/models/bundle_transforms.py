@@ -26,6 +26,7 @@ from monai.transforms import MapTransform
 
 from medgen.io.geometry import resample_like
 from medgen.io.volume import Volume
+from medgen.inference.segment import average_with_shifted_grid, tta_shift
 from medgen.inference.translate import Translator, translate_volume
 from medgen.models.input_spec import InputSpec
 from medgen.models.segmenters import NetworkSegmenter, _dtype, _literal, _walk_transforms
@@ -172,9 +173,11 @@ def monai_bundle_segmenter(network, spec, label_names, *, source: str, settings:
                                                     device=torch.device("cpu")).float()
 
             with torch.no_grad():
-                logits = infer(x)
-                if self.flip_tta:
-                    logits = (logits + torch.flip(infer(torch.flip(x, dims=(-1,))), dims=(-1,))) / 2
+                if self.tta:
+                    logits = average_with_shifted_grid(infer, x, tta_shift(self.spec.patch_size, self.spec.overlap),
+                                                       settings["cval"])
+                else:
+                    logits = infer(x)
             labels = MetaTensor(torch.argmax(logits[0], dim=0, keepdim=True).float(), affine=work.affine,
                                 applied_operations=work.applied_operations)
             back = np.rint(np.asarray(Invert(transform=pre, nearest_interp=True)(labels))[0]).astype(np.int64)

@@ -97,14 +97,14 @@ class NetworkSegmenter(CTSegmenter):
     """A PyTorch / TorchScript network applied with sliding windows at its own spacing."""
 
     def __init__(self, network: torch.nn.Module, spec: InputSpec, label_names: Mapping, *, source: str = "",
-                 extra: dict | None = None, flip_tta: bool = False):
+                 extra: dict | None = None, tta: bool = False):
         self.network = network.eval()
         self.spec = spec
         self.label_names = {int(k): str(v) for k, v in label_names.items()}
         self.label_names.setdefault(0, "background")
         self.source = source
         self.extra = dict(extra or {})
-        self.flip_tta = flip_tta
+        self.tta = tta
 
     def input_range(self) -> tuple[float, float]:
         return (float(self.spec.a_min), float(self.spec.a_max))
@@ -143,7 +143,7 @@ class NetworkSegmenter(CTSegmenter):
         self.network.to(device)
         pad = float(self.spec.scale(np.array([-1024.0]))[0])
         labels = segment_array(self.network, work.array, patch_size=self.spec.patch_size, device=device,
-                               dtype=dtype, overlap=self.spec.overlap, pad_value=pad, flip_tta=self.flip_tta)
+                               dtype=dtype, overlap=self.spec.overlap, pad_value=pad, tta=self.tta)
         labels = _map_channels_to_ids(labels, self.label_names)
         back = resample_like(work.with_array(labels), ct_hu, order=0)
         return Volume(back.array, ct_hu.affine.copy(), None, ct_hu.series_uid,
@@ -499,7 +499,7 @@ class TotalSegmentatorSegmenter(CTSegmenter):
 # ---------------------------------------------------------------------------------------------
 
 def load_segmenter(ref: str | Path, *, trust_bundle: bool = False, sidecar: str | Path | None = None,
-                   flip_tta: bool = False) -> CTSegmenter:
+                   tta: bool = False) -> CTSegmenter:
     """Any supported segmenter reference as a :class:`CTSegmenter`.
 
     Args:
@@ -507,7 +507,8 @@ def load_segmenter(ref: str | Path, *, trust_bundle: bool = False, sidecar: str 
             dir, bundle dir or MLflow URI; or a MONAI bundle folder.
         trust_bundle: allow a MONAI bundle's config expressions to run (``--trust-bundle``).
         sidecar: explicit sidecar for a TorchScript file.
-        flip_tta: average predictions with a superior-inferior flip (network segmenters).
+        tta: test-time augmentation (network segmenters): average with a second window grid
+            shifted by half a stride (:func:`medgen.inference.segment.average_with_shifted_grid`).
 
     Raises:
         ModelError: nothing loadable at ``ref``, with the accepted forms.
@@ -534,12 +535,12 @@ def load_segmenter(ref: str | Path, *, trust_bundle: bool = False, sidecar: str 
         else:
             raise ModelError("is not a segmenter (no medgen.json, no MONAI configs/ folder)", path=path,
                              fix="pass a medgen run/bundle folder, a MONAI bundle folder or a TorchScript file")
-    if flip_tta and isinstance(seg, NetworkSegmenter):
-        seg.flip_tta = True
+    if tta and isinstance(seg, NetworkSegmenter):
+        seg.tta = True
     return seg
 
 
 def with_spec(segmenter: NetworkSegmenter, **changes) -> NetworkSegmenter:
     """A copy of a network segmenter with some input settings changed (e.g. a larger overlap)."""
     return NetworkSegmenter(segmenter.network, replace(segmenter.spec, **changes), segmenter.label_names,
-                            source=segmenter.source, extra=segmenter.extra, flip_tta=segmenter.flip_tta)
+                            source=segmenter.source, extra=segmenter.extra, tta=segmenter.tta)

@@ -158,3 +158,33 @@ def test_dicom_seg_matches_the_nifti_mask_voxel_for_voxel(tmp_path):
     assert seg.shape == nifti.shape and np.allclose(seg.affine, nifti.affine, atol=1e-4)
     assert np.array_equal(seg.array, nifti.array)
     assert nifti.array.any()
+
+
+class WindowPosition(torch.nn.Module):
+    """Scores that depend on where a voxel sits in its window (class 1 in the window's first half
+    along x): the kind of window-grid artefact test-time augmentation averages out."""
+
+    def forward(self, x):
+        first_half = torch.zeros_like(x)
+        first_half[:, :, : x.shape[2] // 2] = 5.0
+        return torch.cat([torch.zeros_like(x), first_half], dim=1)
+
+
+def test_tta_averages_a_second_window_grid_half_a_stride_away():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, size=(40, 24, 20)).astype(np.float32)
+    args = dict(patch_size=(16, 16, 16), overlap=0.25, softmax=True)
+    # a pointwise network scores every voxel alike on any grid: TTA changes nothing
+    plain = sliding_window_scores(Threshold(), image, **args)
+    tta = sliding_window_scores(Threshold(), image, tta=True, **args)
+    assert tta.shape == plain.shape == (2, 40, 24, 20)
+    np.testing.assert_allclose(tta.numpy(), plain.numpy(), atol=1e-5)
+    # a window-position artefact: the shifted grid (6 voxels = half the 12-voxel stride) disagrees
+    # with the first grid, and the TTA scores are exactly the mean of the two grids
+    plain = sliding_window_scores(WindowPosition(), image, **args)
+    tta = sliding_window_scores(WindowPosition(), image, tta=True, **args)
+    moved = np.pad(image, [(6, 0), (6, 0), (6, 0)], constant_values=-1.0)
+    shifted = sliding_window_scores(WindowPosition(), moved, **args)[:, 6:, 6:, 6:]
+    assert not torch.allclose(plain, shifted, atol=1e-3)
+    np.testing.assert_allclose(tta.numpy(), ((plain + shifted) / 2).numpy(), atol=1e-5)
+    np.testing.assert_allclose(tta.sum(0).numpy(), 1.0, atol=1e-5)  # still probabilities

@@ -1,7 +1,11 @@
-"""The shared batch runner: a crashed worker process fails its case, the rest still report."""
+"""The shared batch runner: a crashed worker process fails its case, the rest still report; the
+thread executor runs cases side by side."""
 
 import os
+import threading
 from pathlib import Path
+
+import torch
 
 from medgen.io.atomic import write_text_atomic
 from medgen.pipelines.batch import BatchJob, CaseReport, run_batch, write_summary
@@ -52,3 +56,39 @@ def test_a_crashed_worker_fails_its_case_and_the_batch_still_reports(tmp_path):
     assert all(r.status in ("ok", "skipped") for r in reports)
     assert {r.case_id for r in reports if r.status == "ok"} >= {"crash"}
     assert not list(tmp_path.glob(".*in_progress"))
+
+
+_BOTH_RUNNING = threading.Barrier(2)
+
+
+def _work_side_by_side(path: Path, files, payload, *, case_id: str) -> CaseReport:
+    """Waits (at most 20 s) until the other case runs too: passes only when two cases run at once."""
+    if payload == "wait":
+        _BOTH_RUNNING.wait(timeout=20)
+    if payload == "raise":
+        raise ValueError(f"cannot read {path.name}")
+    write_text_atomic(files[0], case_id)
+    return CaseReport(case_id, str(path), "ok", {"threads": torch.get_num_threads()})
+
+
+def test_thread_executor_runs_cases_side_by_side_each_under_its_own_ownership_guard(tmp_path):
+    torch_threads = torch.get_num_threads()
+    (tmp_path / "user.txt").write_text("a file the user wrote")
+    kinds = {"a": "wait", "b": "wait", "bad": "raise", "user": "ok", "c": "ok"}
+    jobs = [BatchJob(n, str(tmp_path / f"{n}.in"), files=[tmp_path / f"{n}.txt"], done=[tmp_path / f"{n}.txt"],
+                     fn=_work_side_by_side, payload=k) for n, k in kinds.items()]
+    reports, _ = run_batch(jobs, workers=2, executor="threads")
+    status = {r.case_id: r.status for r in reports}
+    assert status == {"a": "ok", "b": "ok", "bad": "failed", "user": "failed", "c": "ok"}
+    assert "bad.in" in next(r for r in reports if r.case_id == "bad").error
+    assert (tmp_path / "user.txt").read_text() == "a file the user wrote"  # refused, not replaced
+    assert "not written by medgen" in next(r for r in reports if r.case_id == "user").error
+    cores = len(os.sched_getaffinity(0))
+    assert {r.outputs["threads"] for r in reports if r.status == "ok"} == {max(1, cores // 2)}
+    assert torch.get_num_threads() == torch_threads  # the share is given back after the batch
+    assert not list(tmp_path.glob(".*in_progress"))
+    # every thread's outputs went into the one ledger: a rerun skips them all
+    again, _ = run_batch([BatchJob(n, str(tmp_path / f"{n}.in"), files=[tmp_path / f"{n}.txt"],
+                                   done=[tmp_path / f"{n}.txt"], fn=_work_side_by_side, payload="ok")
+                          for n in ("a", "b", "c")], workers=2, executor="threads")
+    assert {r.status for r in again} == {"skipped"}
