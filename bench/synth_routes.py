@@ -71,8 +71,9 @@ def _train(config_name: str, overrides, steps: int, images, labels, run: Path, n
 
 
 def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: str = "cpu",
-               translators: dict[str, str] | None = None) -> dict:
-    """Train both segmenters for ``seed`` and score every route; returns (and writes) the results."""
+               translators: dict[str, str] | None = None, tta: bool = False) -> dict:
+    """Train both segmenters for ``seed`` and score every route; returns (and writes) the results
+    (``results.json``; with ``tta`` both segmenters apply test-time augmentation: ``results_tta.json``)."""
     from medgen.data.phantoms import label_names
     from medgen.inference.chain import load_chain_translator, segment_mr_volume
     from medgen.io.readers import read_volume
@@ -88,11 +89,13 @@ def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: st
     timings = {}
     t0 = time.perf_counter()
     seg = load_segmenter(_train("segmenter/ct_unet", settings["seg_overrides"] + [f"train.seed={seed}"],
-                                settings["seg_steps"], images, labels, out_dir / "ct_segmenter", names, device))
+                                settings["seg_steps"], images, labels, out_dir / "ct_segmenter", names, device),
+                         tta=tta)
     timings["ct_segmenter_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     synth = load_segmenter(_train("segmenter/synth_unet", settings["synth_overrides"] + [f"train.seed={seed}"],
-                                  settings["synth_steps"], images, labels, out_dir / "synth_segmenter", names, device))
+                                  settings["synth_steps"], images, labels, out_dir / "synth_segmenter", names, device),
+                           tta=tta)
     timings["synth_segmenter_s"] = time.perf_counter() - t1
     chains = {name: load_chain_translator(ref) for name, ref in (translators or {}).items()}
 
@@ -125,11 +128,12 @@ def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: st
     for r in table:
         table[r]["mean"] = round(float(np.mean([table[r].get(o, 0.0) for o in organs])), 4)
     ub = max(table["upper_bound"]["mean"], 1e-9)
-    results = {"seed": seed, "settings": {k: v for k, v in settings.items() if not k.endswith("overrides")},
+    results = {"seed": seed, "tta": tta, "settings": {k: v for k, v in settings.items() if not k.endswith("overrides")},
                "dice": table, "share_of_upper_bound": {r: round(t["mean"] / ub, 3) for r, t in table.items()},
                "organs": organs, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    plot_routes(results, out_dir / "routes.png")
+    name = "results_tta" if tta else "results"
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    plot_routes(results, out_dir / ("routes_tta.png" if tta else "routes.png"))
     return results
 
 
@@ -173,6 +177,8 @@ def main(argv=None) -> int:
                         help="also score the chain through this translator (repeatable)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tta", action="store_true",
+                        help="score with test-time augmentation (segment-mr --tta); reuses the trained models in --out")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -185,8 +191,8 @@ def main(argv=None) -> int:
     if args.seg_steps:
         settings["seg_steps"] = args.seg_steps
     translators = dict(t.split("=", 1) for t in args.translator)
-    print(json.dumps(run_routes(args.out, settings, seed=args.seed, device=args.device, translators=translators),
-                     indent=1))
+    print(json.dumps(run_routes(args.out, settings, seed=args.seed, device=args.device, translators=translators,
+                                tta=args.tta), indent=1))
     return 0
 
 

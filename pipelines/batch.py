@@ -112,15 +112,21 @@ def run_job(job: BatchJob) -> CaseReport:
 def _run_job(job: BatchJob) -> CaseReport:
     """Run one case; never raises for a bad case (the report says ``failed``).
 
-    The marker exists exactly while the case's outputs are being written. A rerun that finds it
-    knows the outputs present are the partial work of an interrupted run (not someone else's
-    files) and removes them before starting again; a case that fails removes what it wrote.
+    The marker exists exactly while the case's outputs are being written, written and removed
+    like any medgen output (through the folder's ownership ledger, so a user's file of the same
+    name is never taken for it or deleted). A rerun that finds medgen's marker knows the outputs
+    present are the partial work of an interrupted run (not someone else's files) and removes
+    them before starting again; a case that fails removes what it wrote.
     """
-    if job.marker.exists():
+    if ownership.owns(job.marker):
         log.info("%s: an earlier run was interrupted on this case; redoing it", job.case_id)
         _remove_leftovers(job)
     before = {p for p in job.files if p.exists()}
-    job.marker.touch()
+    try:  # medgen's own file (in the ledger): a user's file of that name is refused, never removed
+        write_text_atomic(job.marker, f"medgen is writing case {job.case_id} here\n")
+    except MedgenError as exc:
+        log.error("%s: %s", job.case_id, exc.one_line())
+        return _failed(job, exc.one_line())
     ok = False
     start = time.perf_counter()
     try:
@@ -138,7 +144,7 @@ def _run_job(job: BatchJob) -> CaseReport:
         if not ok:  # failed: no partial outputs that could look complete
             for partial in set(job.files) - before:
                 ownership.remove_own_output(partial)
-        job.marker.unlink(missing_ok=True)
+        ownership.remove_own_output(job.marker)
 
 
 def _failed(job: BatchJob, error: str, start: float | None = None) -> CaseReport:

@@ -92,3 +92,14 @@ def test_thread_executor_runs_cases_side_by_side_each_under_its_own_ownership_gu
                                    done=[tmp_path / f"{n}.txt"], fn=_work_side_by_side, payload="ok")
                           for n in ("a", "b", "c")], workers=2, executor="threads")
     assert {r.status for r in again} == {"skipped"}
+
+
+def test_a_users_file_named_like_the_in_progress_marker_is_kept_and_fails_only_its_case(tmp_path):
+    marker = tmp_path / ".a.in_progress"
+    marker.write_text("the user's notes")
+    reports, _ = run_batch(_jobs(tmp_path, {"a": "ok", "b": "ok"}), workers=1)
+    status = {r.case_id: r for r in reports}
+    assert status["b"].status == "ok" and status["a"].status == "failed"
+    assert str(marker) in status["a"].error and "not written by medgen" in status["a"].error
+    assert marker.read_text() == "the user's notes"  # neither taken for an interrupted run nor deleted
+    assert not (tmp_path / "a.txt").exists()
