@@ -183,8 +183,12 @@ def _thread_share(threads: int) -> Iterator[None]:
 def _run_threads(fn, items, workers: int) -> Iterator[tuple[int, Any, str | None]]:
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    with _thread_share(max(1, _cores() // workers)), ThreadPoolExecutor(max_workers=workers,
-                                                                       thread_name_prefix="medgen-case") as pool:
+    import torch
+
+    threads = max(1, _cores() // workers)
+    # torch's OpenMP thread count is per thread: set it in the batch threads too, not only here
+    with _thread_share(threads), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medgen-case",
+                                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         try:
             for future in as_completed(futures):
