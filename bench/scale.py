@@ -117,15 +117,20 @@ def write_phantoms(folder: Path, n: int, shape: tuple[int, int, int]) -> list[Pa
 
 def bench_preprocess(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None,
                      executor: str = "local") -> dict:
-    out = work / f"prep_{executor}_w{workers}"
+    return _preprocess(data, work / f"prep_{executor}_w{workers}", executor, workers,
+                       _env(threads or max(1, cores // workers)), n, label=executor)
+
+
+def _preprocess(data: Path, out: Path, executor: str, workers: int, env: dict, n: int, *, label: str) -> dict:
+    """One measured ``medgen preprocess`` of the phantom CTs; pipeline seconds from its summary line."""
     cmd = [sys.executable, "-m", "medgen", "preprocess", str(data / "ct"), "-o", str(out), "--modality", "ct",
            "--workers", str(workers), "--executor", executor, "--no-mlflow"]
-    r = run_measured(cmd, _env(threads or max(1, cores // workers)))
+    r = run_measured(cmd, env)
     if r["returncode"] != 0:
-        raise RuntimeError(f"preprocess failed: {r['stderr'][-2000:]}")
+        raise RuntimeError(f"preprocess ({label}) failed: {r['stderr'][-2000:]}")
     match = re.search(r"preprocessed (\d+), .* in ([\d.]+) s", r["stderr"])
     done, seconds = (int(match.group(1)), float(match.group(2))) if match else (n, r["wall_s"])
-    return _batch_row(executor, workers, done, seconds, r)
+    return _batch_row(label, workers, done, seconds, r)
 
 
 def bench_segment_mr(data: Path, work: Path, n: int, workers: int, cores: int, threads: int | None,
@@ -180,17 +185,7 @@ def bench_preprocess_dask(data: Path, work: Path, n: int, workers: int, cores: i
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address=None) as cluster:
         address = "dask://" + cluster.scheduler_address.removeprefix("tcp://")
-        out = work / f"prep_dask_w{workers}"
-        cmd = [sys.executable, "-m", "medgen", "preprocess", str(data / "ct"), "-o", str(out), "--modality", "ct",
-               "--executor", address, "--no-mlflow"]
-        r = run_measured(cmd, _env(per_worker))
-    if r["returncode"] != 0:
-        raise RuntimeError(f"preprocess on Dask failed: {r['stderr'][-2000:]}")
-    match = re.search(r"preprocessed (\d+), .* in ([\d.]+) s", r["stderr"])
-    done, seconds = (int(match.group(1)), float(match.group(2))) if match else (n, r["wall_s"])
-    return {"executor": "dask", "workers": workers, "cases": done, "pipeline_s": round(seconds, 2),
-            "command_s": round(r["wall_s"], 2), "cases_per_s": round(done / seconds, 3),
-            "cases_per_s_with_startup": round(done / r["wall_s"], 3)}
+        return _preprocess(data, work / f"prep_dask_w{workers}", address, workers, _env(per_worker), n, label="dask")
 
 
 TRANSLATOR = ["-c", "translator/cyclegan_2d", "--device", "cpu", "--no-mlflow", "-q",

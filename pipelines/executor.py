@@ -98,13 +98,13 @@ def run_tasks(fn: Callable[[Any], Any], items: Sequence, *, workers: int = 1, ex
             own module always is); ignored when :func:`prestart` already started it.
     """
     address = parse_executor(executor)
-    if address == THREADS and workers > 1 and len(items) > 1:
-        yield from _run_threads(fn, items, min(int(workers), len(items)))
-    elif address not in (None, THREADS):
+    if address not in (None, THREADS):
         yield from _run_dask(fn, items, address)
     elif workers <= 1 or len(items) <= 1:
         for i, item in enumerate(items):
             yield i, fn(item), None
+    elif address == THREADS:
+        yield from _run_threads(fn, items, min(int(workers), len(items)))
     else:
         yield from _run_pool(fn, items, min(int(workers), len(items)), (*preload, fn.__module__))
 
@@ -164,30 +164,27 @@ def _run_pool(fn, items, workers: int, preload: Sequence[str]) -> Iterator[tuple
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _thread_share(threads: int) -> Iterator[None]:
-    """Torch and SimpleITK use ``threads`` threads per call inside the block (restored after), so
-    N batch threads together use the cores once."""
+def _sitk_threads(threads: int) -> Iterator[None]:
+    """SimpleITK (one process-wide setting) uses ``threads`` threads per filter inside the block."""
     import SimpleITK as sitk
-    import torch
 
-    torch_before, sitk_before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    torch.set_num_threads(threads)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(torch_before)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def _run_threads(fn, items, workers: int) -> Iterator[tuple[int, Any, str | None]]:
+    """N batch threads that together use the cores once: ``cores // N`` threads each for SimpleITK
+    and for torch (whose OpenMP thread count is per thread, so each batch thread sets its own)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     import torch
 
     threads = max(1, _cores() // workers)
-    # torch's OpenMP thread count is per thread: set it in the batch threads too, not only here
-    with _thread_share(threads), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medgen-case",
+    with _sitk_threads(threads), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medgen-case",
                                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         try:

@@ -39,6 +39,13 @@ def add_batch_args(parser, *, overwrite_help: str = "replace existing outputs (n
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
+def add_tta(parser) -> None:
+    """``--tta`` of the commands that run a segmenter (:func:`medgen.inference.segment.average_with_shifted_grid`)."""
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the segmenter over a second window grid shifted "
+                             "by half a stride (2x the segmenter time)")
+
+
 def add_executor(parser) -> None:
     """``--executor local|threads|dask://HOST:PORT``: where a batch's cases run (:mod:`medgen.pipelines.executor`)."""
     parser.add_argument("--executor", default="local", metavar="EXECUTOR",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
-from medgen.cli.common import add_batch_args, finish_batch
+from medgen.cli.common import add_batch_args, add_tta, finish_batch
 
 
 def register(sub) -> None:
@@ -33,7 +33,7 @@ def register(sub) -> None:
                              "MEDGEN_DICOMWEB_TOKEN or MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD)")
     parser.add_argument("--modality", default="CT", help="series of a DICOMweb study URL to segment")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the segmenter over a second window grid shifted by half a stride (2x the segmenter time)")
+    add_tta(parser)
     add_batch_args(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_device(parser, precision=True)

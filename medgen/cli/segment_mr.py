@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medgen.cli import add_device, subparser
-from medgen.cli.common import add_batch_args, finish_batch
+from medgen.cli.common import add_batch_args, add_tta, finish_batch
 
 
 def register(sub) -> None:
@@ -42,7 +42,7 @@ def register(sub) -> None:
                              "synthetic CT as a new series); credentials from MEDGEN_DICOMWEB_TOKEN or "
                              "MEDGEN_DICOMWEB_USER/MEDGEN_DICOMWEB_PASSWORD")
     parser.add_argument("--series-uid", default=None, help="series to read from a folder holding several")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average the segmenter over a second window grid shifted by half a stride (2x the segmenter time)")
+    add_tta(parser)
     parser.add_argument("--agreement", action="store_true",
                         help="reliability flag without ground truth: run the chain again on a perturbed copy of the "
                              "MR (contrast and position) and report per-structure agreement (Dice between the two "
