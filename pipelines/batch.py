@@ -99,8 +99,14 @@ class BatchJob:
 def _remove_leftovers(job: BatchJob) -> None:
     for leftover in job.files:
         ownership.remove_own_output(leftover)
-        for tmp in leftover.parent.glob(f".{glob.escape(leftover.name)}.*.tmp*"):  # torn atomic writes
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove_torn_writes(leftover)
+
+
+def _remove_torn_writes(path: Path) -> None:
+    """The temporary files of ``path`` (``atomic_path``'s ``.<name>.<8 chars>.tmp<suffix>``) left by
+    an atomic write that was interrupted (its process killed before the rename)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def run_job(job: BatchJob) -> CaseReport:
@@ -121,6 +127,7 @@ def _run_job(job: BatchJob) -> CaseReport:
     if ownership.owns(job.marker):
         log.info("%s: an earlier run was interrupted on this case; redoing it", job.case_id)
         _remove_leftovers(job)
+    _remove_torn_writes(job.marker)  # a run killed while it wrote the marker itself
     before = {p for p in job.files if p.exists()}
     try:  # medgen's own file (in the ledger): a user's file of that name is refused, never removed
         write_text_atomic(job.marker, f"medgen is writing case {job.case_id} here\n")

@@ -103,3 +103,12 @@ def test_a_users_file_named_like_the_in_progress_marker_is_kept_and_fails_only_i
     assert str(marker) in status["a"].error and "not written by medgen" in status["a"].error
     assert marker.read_text() == "the user's notes"  # neither taken for an interrupted run nor deleted
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_run_killed_while_writing_the_marker_leaves_nothing_behind_after_the_rerun(tmp_path):
+    torn = tmp_path / "..a.in_progress.k3j9x0ab.tmp.in_progress"  # atomic_path's temp of the marker .a.in_progress
+    torn.write_text("")
+    reports, _ = run_batch(_jobs(tmp_path, {"a": "ok"}), workers=1)
+    assert [r.status for r in reports] == ["ok"]
+    assert not torn.exists() and not list(tmp_path.glob(".*in_progress*"))
+    assert (tmp_path / "a.txt").read_text() == "a"
