@@ -7,7 +7,7 @@ one at a time, in a process or thread pool or on Dask, and gives every command t
   and the batch goes on; a worker process that dies (killed, out of memory) fails only the
   cases it had not finished, and the summary is still written;
 * resume: a case that is done is ``skipped`` (unless ``overwrite``). Done means, by default, that
-  its done files all exist as the files medgen wrote; a command whose outputs depend on more than
+  its done files all exist as the files medgen wrote and its in-progress marker is gone; a command whose outputs depend on more than
   the input path overrides :meth:`BatchJob.is_done` (``preprocess``: the manifest row is ``ok`` with
   the same input content and config hash);
 * no partial outputs: a hidden ``.<case>.in_progress`` marker exists while a case writes, so a
@@ -216,7 +216,9 @@ def run_batch(jobs: list[BatchJob], *, workers: int = 1, overwrite: bool = False
     todo, reports = [], []
     for job in jobs:
         job.overwrite = overwrite
-        if not redo_done and job.is_done():
+        # medgen's marker still there: the run was killed between the case's last write and the
+        # marker's removal (e.g. its pool torn down by another worker's death): redo it, not skip it
+        if not redo_done and not ownership.owns_here(job.marker) and job.is_done():
             reports.append(CaseReport(job.case_id, job.input, "skipped", dict(job.outputs_when_done)))
             on_report(job, reports[-1])
         else:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: Names of medgen's own temporary files: ``atomic_path``'s ``.<name>.<mkstemp 8>.tmp<suffix>``, the
 #: detached writer's ``.<name>.<mkdtemp 8>.tmp`` folders and ``ensure_writable_dir``'s probe.
-TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$|^\.medgen-write-test-[a-z0-9_]{8}$")
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9._-]+)?$|^\.medgen-write-test-[a-z0-9_]{8}$")
 
 
 def check_output_path(path: str | Path, *, overwrite: bool = False, inputs: tuple = ()) -> Path:

@@ -109,7 +109,8 @@ def test_hidden_and_temp_files_are_never_inputs_and_stale_temps_are_cleaned(tmp_
     (inputs / ".c0.nii.gz.k3j9x0qa.tmp.nii.gz").write_bytes(good.read_bytes()[:500])  # a torn write of kill -9
     (inputs / ".hidden.nii.gz").write_bytes(good.read_bytes())
     out.mkdir()
-    stale = [out / ".c0.nii.gz.ab12cd34.tmp.nii.gz", out / ".manifest.csv.zz99yy88.tmp.csv"]
+    stale = [out / ".c0.nii.gz.ab12cd34.tmp.nii.gz", out / ".manifest.csv.zz99yy88.tmp.csv",
+             out / "..gone.in_progress.k3j9x0ab.tmp.in_progress"]  # a batch marker's torn write
     for path in stale:
         path.write_bytes(b"torn")
     (out / ".medgen.mhd.q1w2e3r4.tmp").mkdir()  # a detached writer's temp folder

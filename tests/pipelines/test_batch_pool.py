@@ -112,3 +112,14 @@ def test_a_run_killed_while_writing_the_marker_leaves_nothing_behind_after_the_r
     assert [r.status for r in reports] == ["ok"]
     assert not torn.exists() and not list(tmp_path.glob(".*in_progress*"))
     assert (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_a_case_killed_after_its_last_write_but_before_its_marker_went_is_redone_not_skipped(tmp_path):
+    from medgen.io import ownership
+    with ownership.guarded(tmp_path):  # the state a pool torn down mid-case leaves: outputs and marker
+        write_text_atomic(tmp_path / "a.txt", "partial")
+        write_text_atomic(tmp_path / ".a.in_progress", "medgen is writing case a here\n")
+    reports, _ = run_batch(_jobs(tmp_path, {"a": "ok"}), workers=1)
+    assert [r.status for r in reports] == ["ok"]
+    assert (tmp_path / "a.txt").read_text() == "a"
+    assert not list(tmp_path.glob(".*in_progress*"))
