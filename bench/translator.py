@@ -13,6 +13,11 @@ Measures, in one process and on the same inputs:
   reference slice-by-slice loop (batch 1, fp32, centre channel only); plus the full
   ``translate_volume`` chain (preprocess -> translate -> invert) on a 256x256x100 MR phantom.
 
+``training_efficiency_fp32`` counts the FLOPs of one step of the reference and of medgen's step with
+the reference's losses (the two must match: same work), the GFLOP/s each achieves and that over the
+fp32 matmul peak measured in the same run: ``ceiling_speedup_same_flops`` bounds what any
+implementation of the same step can gain here.
+
 Ratios > 1 mean medgen is faster. Note medgen's training step does *more* work than the reference
 (structure, air and histogram terms); ``library_fp32_plain_losses`` trains the reference's losses
 (:data:`REFERENCE_LOSSES`: identity included) and so isolates the implementation difference.
@@ -29,6 +34,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,6 +128,32 @@ def reference_inference(G, volume: np.ndarray, context: int) -> np.ndarray:
     return out
 
 
+def training_efficiency(steps: dict, steps_per_s: dict) -> dict:
+    """FLOPs of one training step (forward and backward, ``FlopCounterMode``), the achieved GFLOP/s at
+    the measured steps/s, and that over the fp32 matmul peak measured in this run.
+
+    ``ceiling_speedup_same_flops`` = peak / the reference's achieved rate: no implementation doing the
+    same FLOPs (same networks, batch and losses) can beat the reference by more than that on this
+    machine; only fewer FLOPs or a faster dtype can.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from segment_mr import matmul_peak_gflops
+
+    peak = matmul_peak_gflops(torch.float32)
+    out = {"matmul_peak_gflop_per_s": round(peak, 1)}
+    for name, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        gflop = counter.get_total_flops() / 1e9
+        rate = gflop * steps_per_s[name]
+        out[name] = {"gflop_per_step": round(gflop, 2), "gflop_per_s": round(rate, 1),
+                     "fraction_of_peak": round(rate / peak, 3)}
+    out["ceiling_speedup_same_flops"] = round(peak / out["reference_fp32"]["gflop_per_s"], 2)
+    return out
+
+
 #: the reference loop's losses in the library's terms (LSGAN + cycle 10 + identity 0.5 of it, no
 #: structure, air or histogram term): ``library_fp32_plain_losses`` trains exactly these, so its ratio
 #: to ``reference_fp32`` is the implementation difference alone.
@@ -184,6 +216,11 @@ def main(argv=None) -> int:
     train["reference_fp32"] = 1.0 / timed(lambda: ref.step(s_mr.sample(config.data.batch_size).image,
                                                           s_ct.sample(config.data.batch_size).image), args.steps)
     result["training_steps_per_s"] = {k: round(v, 4) for k, v in train.items()}
+    result["training_efficiency_fp32"] = training_efficiency(
+        {"reference_fp32": lambda: ref.step(s_mr.sample(config.data.batch_size).image,
+                                            s_ct.sample(config.data.batch_size).image),
+         "library_fp32_plain_losses": library_task(torch.float32, plain=True)},
+        {k: train[k] for k in ("reference_fp32", "library_fp32_plain_losses")})
     result["training_speedup_vs_reference"] = {k: round(v / train["reference_fp32"], 3) for k, v in train.items()
                                                if k != "reference_fp32"}
 
