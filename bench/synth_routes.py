@@ -33,7 +33,7 @@ ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "vertebrae", "aorta"
 COMMON = ["data.spacing=[4.0,4.0,6.0]", "data.patch_size=[48,48,32]", "network.channels=[8,16,32,64]",
           "train.precision=fp32", "train.validate_every=200", "train.checkpoint_every=200", "train.log_every=50"]
 FULL = {"shape": (88, 72, 32), "spacing": (4.0, 4.0, 6.0), "n_train": 6, "n_test": 3, "seg_steps": 600,
-        "synth_steps": 6000, "seg_overrides": COMMON + ["train.lr=0.005"], "synth_overrides": COMMON + ["train.lr=0.005"]}
+        "synth_steps": 12000, "seg_overrides": COMMON + ["train.lr=0.005"], "synth_overrides": COMMON + ["train.lr=0.005"]}
 QUICK = {"shape": (48, 48, 24), "spacing": (4.0, 4.0, 6.0), "n_train": 3, "n_test": 1, "seg_steps": 120,
          "synth_steps": 160,
          "seg_overrides": ["data.spacing=[4,4,6]", "data.patch_size=[32,32,16]", "network.channels=[8,16,32]",
