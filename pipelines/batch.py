@@ -7,9 +7,10 @@ one at a time, in a process or thread pool or on Dask, and gives every command t
   and the batch goes on; a worker process that dies (killed, out of memory) fails only the
   cases it had not finished, and the summary is still written;
 * resume: a case that is done is ``skipped`` (unless ``overwrite``). Done means, by default, that
-  its done files all exist as the files medgen wrote and its in-progress marker is gone; a command whose outputs depend on more than
+  its done files all exist as the files medgen wrote; a command whose outputs depend on more than
   the input path overrides :meth:`BatchJob.is_done` (``preprocess``: the manifest row is ``ok`` with
-  the same input content and config hash);
+  the same input content and config hash). A case whose in-progress marker is still there is
+  never done, whatever its done check says;
 * no partial outputs: a hidden ``.<case>.in_progress`` marker exists while a case writes, so a
   rerun after ``kill -9`` removes that case's leftovers and redoes it; a failed case removes
   what it wrote;
