@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import InputError
+from medgen.networks.tissue_generator import TISSUE_GENERATOR_NAME, TissueGenerator
 from medgen.training.translator import GENERATOR_NAME, PairedCase, TranslatorConfig, TranslatorTask, generator_kwargs
 from medgen import distributed
 from medgen.data.inputs import collect_inputs, pair_inputs
@@ -38,7 +39,7 @@ from medgen.runtime import resolve_precision, seed_everything
 from medgen.tracking import Tracker, start_run, write_run_info
 from medgen.training.loop import LoopSettings, read_history, run_training
 from medgen.training.start import start_training
-from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
+from medgen.training.synth_translator import SynthTranslatorTask, synth_classes, tissue_generator_kwargs
 from medgen.transforms.intensity import hu_to_unit, unit_to_hu
 from medgen.transforms.recipes import preprocess
 from medgen.viz import plane_slice, save_curves_png
@@ -209,8 +210,11 @@ def _write_inputs_csv(path: Path, volumes: dict[str, list[TrainingVolume]]) -> P
 def export_translator(folder: str | Path, config: TranslatorConfig, generator, *, steps: int | None = None) -> Path:
     """Write G as a ``translator`` bundle (MONAI layout + medgen.json)."""
     m = config.model
-    kwargs = generator_kwargs(m)
-    multiple = 2 ** m.n_down
+    if isinstance(generator, TissueGenerator):
+        name, kwargs = TISSUE_GENERATOR_NAME, tissue_generator_kwargs(m, n_classes=generator.n_classes)
+    else:
+        name, kwargs = GENERATOR_NAME, generator_kwargs(m)
+    multiple = m.size_multiple
     channels = kwargs["in_channels"]
     shape_rule = [f"{multiple}*n"] * m.spatial_dims
     lo, hi = config.ct_range
@@ -236,7 +240,7 @@ def export_translator(folder: str | Path, config: TranslatorConfig, generator, *
              "slice_axis": "RAS axis 2 (axial)",
              "inference": config.inference.model_dump(mode="json"),
              "ct_preprocess": config.preprocess.ct.model_dump(mode="json"), "trained_steps": steps}
-    spec = BundleSpec(kind="translator", network={"name": GENERATOR_NAME, "kwargs": kwargs},
+    spec = BundleSpec(kind="translator", network={"name": name, "kwargs": kwargs},
                       preprocess=config.preprocess.mr.model_dump(mode="json"), extra=extra, metadata=metadata)
     return save_bundle(folder, spec, generator)
 

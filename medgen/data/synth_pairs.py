@@ -17,7 +17,8 @@ One sample:
    set by every class present in the *whole case's* body (``present``), so a block is normalised
    as the whole MR would be at inference (the darkest class mean -> -1, the brightest -> +1,
    which is what the MR recipe's body-percentile normalisation does to a real scan);
-4. the same random flips are applied to the image, the CT and the mask, and the sample (a 2.5D
+4. the same random flips (and, with ``warp``, one random smooth warp of the block: rotation,
+   scaling, elastic) are applied to the image, the CT and the mask, and the sample (a 2.5D
    stack of ``context`` axial slices, or a 3D patch) is cut from the block's centre.
 
 All randomness comes from the sampler's torch generator (the renderer is re-seeded from it for
@@ -42,8 +43,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medgen.data.sampling import VolumeSampler, _crop_padded
+from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
 from medgen.transforms.render import RandContrastRender, RenderConfig
 from medgen.data.mr_physics import physics_means
 
@@ -85,7 +88,8 @@ class SynthPairSampler(VolumeSampler):
                  masks: Sequence[np.ndarray] | None = None, *, spacing: Sequence[float],
                  render: RenderConfig | None = None, dark_classes: Sequence[int] = (),
                  margin: Sequence[int] = (8, 8, 8), device: torch.device | str = "cpu",
-                 hu_bands: Sequence[float] | None = None, physics_prob: float = 0.0, **kwargs):
+                 hu_bands: Sequence[float] | None = None, physics_prob: float = 0.0,
+                 warp: WarpRanges | None = None, **kwargs):
         if kwargs.get("gamma_range"):
             raise ValueError("the renderer draws its own gamma; gamma_range is for real MR samplers")
         super().__init__(volumes, masks, **kwargs)
@@ -110,6 +114,7 @@ class SynthPairSampler(VolumeSampler):
             raise ValueError("physics_prob needs the hu_bands the classes were cut with")
         self.hu_bands = list(hu_bands) if hu_bands is not None else None
         self.physics_prob = float(physics_prob)
+        self.warp = warp
 
     def _render(self, classes: torch.Tensor, present: list[int]) -> torch.Tensor:
         """One rendering: the renderer's own random draw, or (``physics_prob``) its draw with the
@@ -137,6 +142,15 @@ class SynthPairSampler(VolumeSampler):
         inner = block[mx:X - mx, my:Y - my, mz:Z - mz]
         return np.moveaxis(inner, 2, 0) if self.spatial_dims == 2 else inner[None]
 
+    def _warp(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """One random smooth warp of a block's class map, CT and body mask together: classes and
+        mask by nearest neighbour (they stay exact ids / 0-1), the CT linearly; the pair stays exact."""
+        grid = random_grid(blocks[0].shape, self.generator, self.warp)
+        classes, mask = warp_nearest(torch.from_numpy(np.stack([blocks[0], blocks[2]]).astype(np.int64))[None], grid)[0]
+        ct = F.grid_sample(torch.from_numpy(np.ascontiguousarray(blocks[1], dtype=np.float32))[None, None], grid, mode="bilinear",
+                           padding_mode="border", align_corners=False)[0, 0]
+        return [classes.numpy().astype(blocks[0].dtype), ct.numpy(), mask.numpy().astype(np.float32)]
+
     def sample(self, batch_size: int) -> SynthPair:  # type: ignore[override]
         """``batch_size`` exact pairs, each rendered with its own random parameters."""
         size = self._block_size()
@@ -150,6 +164,8 @@ class SynthPairSampler(VolumeSampler):
             for axis in self.flip_axes:
                 if self._rand() < 0.5:
                     blocks = [np.flip(b, axis) for b in blocks]
+            if self.warp is not None:
+                blocks = self._warp(blocks)
             cls = torch.from_numpy(np.ascontiguousarray(blocks[0])).to(self.device)
             rendered = self._render(cls, self.present[index]).cpu().numpy()
             for out, block in zip((images, targets, masks, classes), (rendered, *blocks[1:], blocks[0])):

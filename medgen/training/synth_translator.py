@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 
 from medgen.data.synth_pairs import SynthPairSampler
 from medgen.objectives.structure import build_structure_loss
@@ -40,10 +41,31 @@ from medgen.training.translator import (PairedCase, TranslatorConfig, Translator
                                         linear_decay)
 from medgen.errors import MedgenError
 from medgen.networks.resnet_generator import ResnetGenerator
+from medgen.networks.tissue_generator import TissueGenerator
 from medgen.transforms.intensity import unit_to_hu
 from medgen.transforms.render import render_classes
 
-__all__ = ["SynthTranslatorTask", "synth_classes"]
+__all__ = ["SynthTranslatorTask", "class_mean_values", "synth_classes", "tissue_generator_kwargs"]
+
+
+def tissue_generator_kwargs(model, *, n_classes: int) -> dict:
+    """Constructor arguments of the tissue generator (recorded in the bundle so G can be rebuilt)."""
+    channels = generator_kwargs(model)["in_channels"]
+    return {"spatial_dims": model.spatial_dims, "in_channels": channels, "out_channels": channels,
+            "n_classes": int(n_classes), "channels": list(model.unet_channels), "strides": list(model.unet_strides),
+            "num_res_units": 1}
+
+
+def class_mean_values(ct_volumes: list[np.ndarray], ct_classes: list[np.ndarray]) -> torch.Tensor:
+    """The mean CT value (unit range) of every render class over all CTs; classes no CT has: -1 (air)."""
+    n_classes = max(int(c.max()) for c in ct_classes) + 1
+    sums, counts = np.zeros(n_classes), np.zeros(n_classes)
+    for ct, cls in zip(ct_volumes, ct_classes):
+        flat = cls.reshape(-1).astype(np.int64)
+        sums += np.bincount(flat, weights=np.asarray(ct, np.float64).reshape(-1), minlength=n_classes)
+        counts += np.bincount(flat, minlength=n_classes)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), -1.0)
+    return torch.from_numpy(means.astype(np.float32))
 
 
 def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
@@ -93,13 +115,19 @@ class SynthTranslatorTask(TranslatorTask):
         if config.objective != "synth":
             raise ValueError(f"SynthTranslatorTask needs objective synth, the config has {config.objective}")
         self.adapt = bool(mr_volumes) and config.synth.mr_weight > 0
+        self.tissue = config.model.generator == "tissue_unet"
+        if self.tissue and self.adapt:
+            raise MedgenError("model.generator tissue_unet trains on renderings only; with --mr the CycleGAN terms "
+                              "need the image-to-image generator",
+                              fix="drop --mr, or set synth.mr_weight=0, or use model.generator=resnet")
         if self.adapt:  # G, F, D_CT, D_MR, the CycleGAN objective and the unpaired samplers
             super().__init__(config, mr_volumes, ct_volumes, mr_masks=mr_masks, ct_masks=ct_masks, device=device,
                              precision=precision, paired=paired, segmenter=segmenter, run_dir=run_dir,
                              tracker=tracker)
             self.rank_local_state_keys = (*TranslatorTask.rank_local_state_keys, "synth_sampler")
         else:
-            self._init_generator_only(config, device, precision, paired, run_dir, tracker)
+            self._init_generator_only(config, device, precision, paired, run_dir, tracker,
+                                      class_means=class_mean_values(ct_volumes, ct_classes) if self.tissue else None)
             self.rank_local_state_keys = ("synth_sampler",)
         m, d = config.model, config.data
         seed = config.train.seed + 1000 * distributed.rank() + 5
@@ -111,17 +139,26 @@ class SynthTranslatorTask(TranslatorTask):
                   "foreground_prob": d.foreground_prob}
         self.synth_sampler = SynthPairSampler(ct_volumes, ct_classes, ct_masks, seed=seed,
                                               flip_axes=(0,) if d.flip else (), intensity_balance=d.intensity_balance,
-                                              **common)
+                                              warp=synth.warp, **common)
         self.val_synth = SynthPairSampler(ct_volumes, ct_classes, self.synth_sampler.masks, seed=seed + 1,
                                           **common).sample(config.train.val_samples)
         self.synth_structure = build_structure_loss(config.loss.structure)
+        self.class_loss = DiceCELoss(to_onehot_y=True, softmax=True) if self.tissue else None
 
-    def _init_generator_only(self, config, device, precision, paired, run_dir, tracker) -> None:
-        """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators)."""
+    def _init_generator_only(self, config, device, precision, paired, run_dir, tracker, *,
+                             class_means: torch.Tensor | None = None) -> None:
+        """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators).
+
+        ``class_means`` (one unit-range CT value per render class) selects the tissue generator
+        and starts its class values there."""
         self._init_common(config, device, precision, paired, run_dir, tracker)
         train = config.train
-        G = ResnetGenerator(**generator_kwargs(config.model))
-        _init_weights(G)
+        if class_means is None:
+            G = ResnetGenerator(**generator_kwargs(config.model))
+            _init_weights(G)
+        else:
+            G = TissueGenerator(**tissue_generator_kwargs(config.model, n_classes=len(class_means)))
+            G.set_class_values(class_means)
         self.nets = {"g_mr2ct": distributed.wrap_ddp(G.to(self.device), self.device)}
         self.opt_g = torch.optim.Adam(G.parameters(), lr=train.lr, betas=(train.beta1, train.beta2))
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(train.steps, train.decay_from))
@@ -130,9 +167,17 @@ class SynthTranslatorTask(TranslatorTask):
     def synth_losses(self, pair) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(losses, G(rendering))``: the paired L1 and structure terms (weighted sum in ``synth_total``)."""
         loss = self.config.loss
-        fake = self.nets["g_mr2ct"](pair.image)
+        if self.tissue:
+            fake, logits = self.nets["g_mr2ct"](pair.image, return_logits=True)
+        else:
+            fake = self.nets["g_mr2ct"](pair.image)
         losses = {"synth_l1": F.l1_loss(fake.float(), pair.target)}
         total = loss.lambda_synth_l1 * losses["synth_l1"]
+        if self.tissue and loss.lambda_synth_class > 0:
+            # (B, C, K, *spatial) -> one K-class map per slice/patch, against its rendered classes
+            flat = logits.reshape(-1, *logits.shape[2:]).float()
+            losses["synth_class"] = self.class_loss(flat, pair.classes.reshape(-1, 1, *pair.classes.shape[2:]))
+            total = total + loss.lambda_synth_class * losses["synth_class"]
         if self.synth_structure is not None and loss.lambda_structure > 0:
             losses["synth_structure"] = self.synth_structure(pair.image, fake, pair.mask)
             total = total + loss.lambda_structure * losses["synth_structure"]

@@ -38,6 +38,7 @@ from medgen import distributed
 from medgen.training.ema import WeightEMA
 from medgen.training.optim import adam
 from medgen.transforms.recipes import PreprocessConfig
+from medgen.transforms.random_warp import WarpRanges
 from medgen.transforms.render import DEFAULT_HU_BANDS, RenderConfig
 from medgen.errors import MedgenError
 from medgen.networks.resnet_generator import ResnetGenerator
@@ -82,6 +83,13 @@ class ModelConfig(StrictModel):
     upsample: Literal["nearest", "linear", "transpose"] = "nearest"
     dropout: float = 0.0
     stem_kernel: int = 7
+    generator: Literal["resnet", "tissue_unet"] = Field("resnet", description=(
+        "resnet: the CycleGAN image-to-image generator; tissue_unet (objective synth only, without --mr): a U-Net "
+        "that decides each voxel's render class and paints the class's learnt HU (medgen.networks.tissue_generator)"))
+    unet_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64, 128], description=(
+        "tissue_unet: the U-Net's widths per level"))
+    unet_strides: list[PositiveInt] = Field(default_factory=lambda: [2, 2, 2], description=(
+        "tissue_unet: down-sampling strides (one fewer than unet_channels)"))
     disc_features: int = 32
     disc_layers: int = 3
     disc_ct_windows: list[list[float]] = Field(default_factory=list, description=(
@@ -95,10 +103,20 @@ class ModelConfig(StrictModel):
             raise ValueError("context must be odd (a centre slice with the same number of neighbours each side)")
         if self.spatial_dims == 3 and self.context != 1:
             raise ValueError("context must be 1 for spatial_dims 3")
+        if len(self.unet_channels) != len(self.unet_strides) + 1:
+            raise ValueError(f"unet_channels ({len(self.unet_channels)}) needs one more entry than unet_strides "
+                             f"({len(self.unet_strides)})")
         for window in self.disc_ct_windows:
             if len(window) != 2 or not window[0] < window[1]:
                 raise ValueError(f"disc_ct_windows entries are [lo, hi] HU with lo < hi, got {window}")
         return self
+
+    @property
+    def size_multiple(self) -> int:
+        """What every spatial size of a training patch must be a multiple of."""
+        if self.generator == "tissue_unet":
+            return int(np.prod(self.unet_strides))
+        return 2 ** self.n_down
 
 
 class DataConfig(StrictModel):
@@ -136,6 +154,9 @@ class LossConfig(StrictModel):
     lambda_synth_l1: float = Field(10.0, ge=0, description=(
         "objective synth: weight of the L1 between G(rendering) and the CT it was rendered from (CT window "
         "unit range); the structure term (structure, lambda_structure) also applies to these pairs"))
+    lambda_synth_class: float = Field(1.0, ge=0, description=(
+        "objective synth with model.generator tissue_unet: weight of the Dice + cross-entropy between G's class "
+        "logits and the rendering's class map (the tissue decision; the L1 teaches the class values)"))
     seg_adv_from: int = Field(0, ge=0, description=(
         "training step after which G's output-space adversarial term counts (D_SEG trains from the start); "
         "a later start leaves the early steps, where the translator's mode forms, to the other terms"))
@@ -169,14 +190,28 @@ class SynthConfig(StrictModel):
     margin: list[int] = Field(default_factory=lambda: [8, 8, 8], description=(
         "voxels rendered around each sample on each side (x, y, z): blur and thick-slice simulation see real "
         "neighbours instead of padding"))
+    rotate_deg: float = Field(0.0, ge=0, le=180, description=(
+        "random smooth warp of each rendered pair (class map, CT and mask together): largest rotation about each "
+        "axis, degrees; 0 with scale [1, 1] and elastic_vox 0 = no warp (flips only)"))
+    scale: list[float] = Field(default_factory=lambda: [1.0, 1.0], description="isotropic scaling range of the warp")
+    elastic_vox: float = Field(0.0, ge=0, description="std of the warp's coarse elastic displacements (voxels)")
     mr_weight: float = Field(1.0, ge=0, description=(
         "weight of the CycleGAN terms on the real MR (--mr, optional: D_CT on G(real MR), cycle through F), "
         "which adapt G to the user's scanner; 0 = train on renderings only even when --mr is given"))
+
+    @property
+    def warp(self) -> WarpRanges | None:
+        """The warp ranges, or None when every range is the identity."""
+        if self.rotate_deg == 0 and self.scale == [1.0, 1.0] and self.elastic_vox == 0:
+            return None
+        return WarpRanges(rotate_deg=self.rotate_deg, scale=tuple(self.scale), elastic_vox=self.elastic_vox)
 
     @model_validator(mode="after")
     def _check(self):
         if len(self.margin) != 3 or min(self.margin) < 0:
             raise ValueError(f"synth.margin needs 3 non-negative voxel counts, got {self.margin}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"synth.scale needs [low, high] with 0 < low <= high, got {self.scale}")
         if any(b <= a for a, b in zip(self.hu_bands, self.hu_bands[1:])):
             raise ValueError(f"synth.hu_bands must increase strictly, got {self.hu_bands}")
         return self
@@ -237,9 +272,12 @@ class TranslatorConfig(StrictModel):
         if len(self.data.patch_size) != self.model.spatial_dims:
             raise ValueError(f"data.patch_size needs {self.model.spatial_dims} sizes for spatial_dims "
                              f"{self.model.spatial_dims}")
-        multiple = 2 ** self.model.n_down
+        multiple = self.model.size_multiple
         if any(p % multiple for p in self.data.patch_size):
-            raise ValueError(f"data.patch_size must be multiples of 2**model.n_down = {multiple}")
+            raise ValueError(f"data.patch_size must be multiples of {multiple} (the generator's down-sampling)")
+        if self.model.generator == "tissue_unet" and self.objective != "synth":
+            raise ValueError("model.generator tissue_unet needs objective synth (it learns from the renderings' "
+                             "class maps)")
         if self.objective == "synth":
             lo, hi = self.ct_range
             if not (lo < self.synth.hu_bands[0] and self.synth.hu_bands[-1] < hi):
