@@ -10,8 +10,6 @@ from medgen.cli import main
 from medgen.data.phantoms import make_phantom
 from medgen.data.synth_pairs import SynthPairSampler
 from medgen.io.readers import read_volume
-from medgen.io.volume import Volume
-from medgen.io.writers import write_volume
 from medgen.runtime import seed_everything
 from medgen.training.loop import LoopSettings, read_history, run_training
 from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
@@ -26,17 +24,6 @@ TINY_SET = ["model.features=4", "model.n_blocks=1", "model.disc_features=4", "da
 TINY = {"objective": "synth", "model": {"features": 4, "n_blocks": 1, "disc_features": 4},
         "data": {"patch_size": [32, 32], "batch_size": 2}, "loss": {"pool_size": 3},
         "synth": {"margin": [4, 4, 4]}, "train": {"steps": 4, "val_samples": 2, "precision": "fp32"}}
-
-
-@pytest.fixture(scope="module")
-def phantom_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synth_phantoms")
-    for seed in range(2):
-        p = make_phantom(seed, shape=(48, 48, 16))
-        write_volume(Volume(p.mr, p.affine), folder / f"mr{seed}.nii.gz")
-        write_volume(Volume(p.ct, p.affine), folder / f"ct{seed}.nii.gz")
-        write_volume(Volume(p.labels.astype(np.int16), p.affine), folder / f"lab{seed}.nii.gz")
-    return folder
 
 
 @pytest.fixture(scope="module")

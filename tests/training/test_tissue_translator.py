@@ -7,11 +7,8 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.data.phantoms import make_phantom
 from medgen.data.synth_pairs import SynthPairSampler
 from medgen.io.readers import read_volume
-from medgen.io.volume import Volume
-from medgen.io.writers import write_volume
 from medgen.models.bundle import load_bundle
 from medgen.networks.registry import build_network
 from medgen.networks.tissue_generator import TISSUE_GENERATOR_NAME, TissueGenerator
@@ -98,17 +95,6 @@ def test_warp_moves_the_pair_together_and_keeps_class_ids_exact():
     for image, cls in zip(warped.image, warped.classes):  # each sample has its own contrast
         for k in (3, 5):
             assert float(image[cls == k].std()) < 0.05
-
-
-@pytest.fixture(scope="module")
-def phantom_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tissue_phantoms")
-    for seed in range(2):
-        p = make_phantom(seed, shape=(48, 48, 16))
-        write_volume(Volume(p.mr, p.affine), folder / f"mr{seed}.nii.gz")
-        write_volume(Volume(p.ct, p.affine), folder / f"ct{seed}.nii.gz")
-        write_volume(Volume(p.labels.astype(np.int16), p.affine), folder / f"lab{seed}.nii.gz")
-    return folder
 
 
 def test_tiny_run_learns_the_classes_exports_and_translates_on_the_mr_grid(phantom_files, tmp_path):

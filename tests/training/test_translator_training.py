@@ -9,8 +9,6 @@ import torch
 from medgen.cli import main
 from medgen.data.phantoms import make_phantom
 from medgen.data.sampling import VolumeSampler, body_mask
-from medgen.io.volume import Volume
-from medgen.io.writers import write_volume
 from medgen.runtime import seed_everything
 from medgen.training.loop import LoopSettings, read_history, run_training
 from medgen.training.translator import TranslatorConfig, TranslatorTask, linear_decay
@@ -39,16 +37,6 @@ def phantom_volumes():
         p = make_phantom(seed, shape=(48, 48, 16))
         cts.append(np.clip(p.ct / 1000.0, -1, 1).astype(np.float32))
     return mrs, cts
-
-
-@pytest.fixture(scope="module")
-def phantom_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("phantoms")
-    for seed in range(3):
-        p = make_phantom(seed, shape=(48, 48, 16))
-        write_volume(Volume(p.mr, p.affine), folder / f"mr{seed}.nii.gz")
-        write_volume(Volume(p.ct, p.affine), folder / f"ct{seed}.nii.gz")
-    return folder
 
 
 def test_sampler_bias_determinism_and_context():
