@@ -7,15 +7,17 @@ gas and vessels fade (measured in docs/results.md, "Synthesis-supervised chain")
 trained on the same renderings does learn those shapes. This generator is that segmenter with an
 HU head: a U-Net (MONAI ``UNet``) gives per-voxel logits over the rendering's classes (organ
 labels and HU tissue bands, :func:`medgen.transforms.render.render_classes`), and the synthetic
-CT is the probability-weighted sum of one learnt value per class,
+CT is the probability-weighted sum of one fixed value per class,
 
     sCT(x) = sum_k softmax(logits(x))_k * value_k      (CT window unit range, clipped to [-1, 1])
 
-This is bulk-density assignment, the classic MR-only radiotherapy synthetic CT, made soft and
-learnt end to end: the class term (Dice + cross-entropy on the known class map) teaches the
-decision, the L1 term teaches the values and the partial-volume mix at edges. The class values
-start at each class's mean CT value (:meth:`TissueGenerator.set_class_values`) and live in the
-state dict, so a bundle carries them. Texture inside a tissue is not reproduced (each class is
+This is bulk-density assignment, the classic MR-only radiotherapy synthetic CT, made soft: the
+class term (Dice + cross-entropy on the known class map) and the L1 term both teach the decision
+and the partial-volume mix at edges. The values are each class's mean CT value over the training
+CTs (:meth:`TissueGenerator.set_class_values`), a buffer in the state dict (a bundle carries them),
+not learnt: learnt by L1 they drift towards the values that hurt least where the decision is
+unsure (bone from 495 to 288 HU in 6000 steps), the same collapse to the median this design
+avoids, and the chain through them scored lower (docs/results.md, "tissue-painting translator"). Texture inside a tissue is not reproduced (each class is
 one value): the output is meant for CT segmenters and dose-like HU lookups, not for realism.
 
 Layout as :class:`medgen.networks.resnet_generator.ResnetGenerator`: ``spatial_dims=3`` with
@@ -72,7 +74,7 @@ class TissueGenerator(nn.Module):
         self.spatial_dims, self.out_channels, self.n_classes = int(spatial_dims), int(out_channels), int(n_classes)
         self.unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels * n_classes,
                          channels=list(channels), strides=list(strides), num_res_units=num_res_units)
-        self.class_values = nn.Parameter(torch.zeros(n_classes))
+        self.register_buffer("class_values", torch.zeros(n_classes))
         self._size_multiple = int(math.prod(int(s) for s in strides))
 
     @property
@@ -82,7 +84,7 @@ class TissueGenerator(nn.Module):
 
     @torch.no_grad()
     def set_class_values(self, values: torch.Tensor) -> None:
-        """Start each class at this value (unit range; typically the class's mean CT value)."""
+        """Paint each class with this value (unit range; the class's mean CT value in training)."""
         values = torch.as_tensor(values, dtype=self.class_values.dtype).reshape(-1)
         if values.numel() != self.n_classes:
             raise ValueError(f"{values.numel()} class values for {self.n_classes} classes")

@@ -150,7 +150,7 @@ class SynthTranslatorTask(TranslatorTask):
         """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators).
 
         ``class_means`` (one unit-range CT value per render class) selects the tissue generator
-        and starts its class values there."""
+        and paints with them."""
         self._init_common(config, device, precision, paired, run_dir, tracker)
         train = config.train
         if class_means is None:

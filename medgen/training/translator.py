@@ -85,7 +85,8 @@ class ModelConfig(StrictModel):
     stem_kernel: int = 7
     generator: Literal["resnet", "tissue_unet"] = Field("resnet", description=(
         "resnet: the CycleGAN image-to-image generator; tissue_unet (objective synth only, without --mr): a U-Net "
-        "that decides each voxel's render class and paints the class's learnt HU (medgen.networks.tissue_generator)"))
+        "that decides each voxel's render class and paints the class's mean training-CT HU "
+        "(medgen.networks.tissue_generator)"))
     unet_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64, 128], description=(
         "tissue_unet: the U-Net's widths per level"))
     unet_strides: list[PositiveInt] = Field(default_factory=lambda: [2, 2, 2], description=(
@@ -156,7 +157,7 @@ class LossConfig(StrictModel):
         "unit range); the structure term (structure, lambda_structure) also applies to these pairs"))
     lambda_synth_class: float = Field(1.0, ge=0, description=(
         "objective synth with model.generator tissue_unet: weight of the Dice + cross-entropy between G's class "
-        "logits and the rendering's class map (the tissue decision; the L1 teaches the class values)"))
+        "logits and the rendering's class map (the tissue decision; the L1 in HU sharpens it)"))
     seg_adv_from: int = Field(0, ge=0, description=(
         "training step after which G's output-space adversarial term counts (D_SEG trains from the start); "
         "a later start leaves the early steps, where the translator's mode forms, to the other terms"))
