@@ -322,6 +322,10 @@ def check_translator_inputs(config: TranslatorConfig, mr_inputs, ct_inputs, ct_l
     if config.objective == "cyclegan" and ct_labels:
         raise InputError("CT label maps are used by the synthesis objective only", path="--ct-labels",
                          fix="use -c translator/synth_25d (objective: synth), or drop --ct-labels")
+    if config.model.generator == "tissue_unet" and mr_inputs and config.synth.mr_weight > 0:
+        raise InputError("model.generator tissue_unet trains on renderings only; the CycleGAN terms on real MR "
+                         "need the image-to-image generator", path="--mr",
+                         fix="drop --mr, or set synth.mr_weight=0, or use -c translator/synth_3d")
 
 
 class _no_run:

@@ -45,7 +45,7 @@ from medgen.networks.tissue_generator import TissueGenerator
 from medgen.transforms.intensity import unit_to_hu
 from medgen.transforms.render import render_classes
 
-__all__ = ["SynthTranslatorTask", "class_mean_values", "synth_classes", "tissue_generator_kwargs"]
+__all__ = ["SynthTranslatorTask", "build_synth_generator", "class_mean_values", "synth_classes", "tissue_generator_kwargs"]
 
 
 def tissue_generator_kwargs(model, *, n_classes: int) -> dict:
@@ -66,6 +66,19 @@ def class_mean_values(ct_volumes: list[np.ndarray], ct_classes: list[np.ndarray]
         counts += np.bincount(flat, minlength=n_classes)
     means = np.where(counts > 0, sums / np.maximum(counts, 1), -1.0)
     return torch.from_numpy(means.astype(np.float32))
+
+
+def build_synth_generator(model, ct_volumes: list[np.ndarray], ct_classes: list[np.ndarray]) -> torch.nn.Module:
+    """A fresh G for renderings-only training: the image-to-image generator, or (``model.generator``
+    ``tissue_unet``) the tissue generator painting each render class with its mean CT value."""
+    if model.generator != "tissue_unet":
+        G = ResnetGenerator(**generator_kwargs(model))
+        _init_weights(G)
+        return G
+    means = class_mean_values(ct_volumes, ct_classes)
+    G = TissueGenerator(**tissue_generator_kwargs(model, n_classes=len(means)))
+    G.set_class_values(means)
+    return G
 
 
 def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
@@ -116,10 +129,8 @@ class SynthTranslatorTask(TranslatorTask):
             raise ValueError(f"SynthTranslatorTask needs objective synth, the config has {config.objective}")
         self.adapt = bool(mr_volumes) and config.synth.mr_weight > 0
         self.tissue = config.model.generator == "tissue_unet"
-        if self.tissue and self.adapt:
-            raise MedgenError("model.generator tissue_unet trains on renderings only; with --mr the CycleGAN terms "
-                              "need the image-to-image generator",
-                              fix="drop --mr, or set synth.mr_weight=0, or use model.generator=resnet")
+        if self.tissue and self.adapt:  # users get one line from check_translator_inputs before any loading
+            raise ValueError("model.generator tissue_unet trains on renderings only (no real MR terms)")
         if self.adapt:  # G, F, D_CT, D_MR, the CycleGAN objective and the unpaired samplers
             super().__init__(config, mr_volumes, ct_volumes, mr_masks=mr_masks, ct_masks=ct_masks, device=device,
                              precision=precision, paired=paired, segmenter=segmenter, run_dir=run_dir,
@@ -127,7 +138,7 @@ class SynthTranslatorTask(TranslatorTask):
             self.rank_local_state_keys = (*TranslatorTask.rank_local_state_keys, "synth_sampler")
         else:
             self._init_generator_only(config, device, precision, paired, run_dir, tracker,
-                                      class_means=class_mean_values(ct_volumes, ct_classes) if self.tissue else None)
+                                      build_synth_generator(config.model, ct_volumes, ct_classes))
             self.rank_local_state_keys = ("synth_sampler",)
         m, d = config.model, config.data
         seed = config.train.seed + 1000 * distributed.rank() + 5
@@ -145,20 +156,10 @@ class SynthTranslatorTask(TranslatorTask):
         self.synth_structure = build_structure_loss(config.loss.structure)
         self.class_loss = DiceCELoss(to_onehot_y=True, softmax=True) if self.tissue else None
 
-    def _init_generator_only(self, config, device, precision, paired, run_dir, tracker, *,
-                             class_means: torch.Tensor | None = None) -> None:
-        """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators).
-
-        ``class_means`` (one unit-range CT value per render class) selects the tissue generator
-        and paints with them."""
+    def _init_generator_only(self, config, device, precision, paired, run_dir, tracker, G: torch.nn.Module) -> None:
+        """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators)."""
         self._init_common(config, device, precision, paired, run_dir, tracker)
         train = config.train
-        if class_means is None:
-            G = ResnetGenerator(**generator_kwargs(config.model))
-            _init_weights(G)
-        else:
-            G = TissueGenerator(**tissue_generator_kwargs(config.model, n_classes=len(class_means)))
-            G.set_class_values(class_means)
         self.nets = {"g_mr2ct": distributed.wrap_ddp(G.to(self.device), self.device)}
         self.opt_g = torch.optim.Adam(G.parameters(), lr=train.lr, betas=(train.beta1, train.beta2))
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(train.steps, train.decay_from))

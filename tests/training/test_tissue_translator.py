@@ -131,3 +131,4 @@ def test_tissue_generator_with_real_mr_is_refused_with_one_line(phantom_files, t
                  "--max-steps", "1", "--set", "data.patch_size=[32,32,16]", "--set", "synth.margin=[4,4,4]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "tissue_unet" in err[0] and "Fix:" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before any loading or writing
