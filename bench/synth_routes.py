@@ -7,7 +7,9 @@
 3. Score per-organ Dice on every held-out MR and weighting:
    ``direct`` (contrast-agnostic segmenter on the MR), ``none`` / ``histogram`` (CT segmenter on
    the normalised / histogram-matched MR), ``upper_bound`` (CT segmenter on the true CT),
-   ``direct_on_ct`` (contrast-agnostic segmenter on the true CT), and with ``--translator RUN``
+   ``direct_on_ct`` (contrast-agnostic segmenter on the true CT), ``painted_chain`` (MR -> the
+   contrast-agnostic segmenter exported as a tissue-painting translator,
+   :mod:`medgen.models.tissue_translator` -> CT segmenter), and with ``--translator RUN``
    ``chain`` (MR -> that translator -> CT segmenter) for each translator given, and with
    ``--tissue-steps N`` ``tissue_chain`` (the tissue-painting translator ``translator/synth_tissue_3d``,
    trained here on the same CTs and labels, -> CT segmenter).
@@ -95,6 +97,32 @@ def _train_tissue_translator(overrides, steps: int, images, labels, run: Path, s
     return run
 
 
+def _tissue_translator(synth_run: Path, settings: dict, images, labels, names) -> Path:
+    """The contrast-agnostic segmenter exported as a tissue-painting translator (``RUN/translator``).
+
+    A run trained with ``synth.target: classes`` exported it already; for one trained on the labels
+    only (on phantoms every body voxel is labelled, so the class map differs only outside the body)
+    it is exported here, with the class means measured on its training cases exactly as
+    ``medgen train segmenter`` measures them.
+    """
+    from medgen.config import load_config
+    from medgen.io.readers import read_volume
+    from medgen.models.bundle import load_bundle
+    from medgen.models.tissue_translator import export_tissue_translator
+    from medgen.training.segmenter import SegmenterConfig, class_mean_hu, input_spec, plan_labels, prepare_case
+    folder = synth_run / "translator"
+    if (folder / "medgen.json").exists():
+        return folder
+    means = None
+    if "class_mean_hu" not in load_bundle(synth_run / "bundle").extra:
+        cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=settings["synth_overrides"])
+        plan = plan_labels(names, None)
+        cases = [prepare_case(str(i), read_volume(i), read_volume(lab, kind="label"), input_spec(cfg), plan,
+                              hu_bands=cfg.synth.hu_bands, target=cfg.synth.target) for i, lab in zip(images, labels)]
+        means = class_mean_hu(cases)
+    return export_tissue_translator(synth_run, folder, means)
+
+
 def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: str = "cpu",
                translators: dict[str, str] | None = None, tta: bool = False) -> dict:
     """Train both segmenters for ``seed`` and score every route; returns (and writes) the results
@@ -120,11 +148,12 @@ def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: st
                          tta=tta)
     timings["ct_segmenter_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    synth = load_segmenter(_train("segmenter/synth_unet", settings["synth_overrides"] + [f"train.seed={seed}"],
-                                  settings["synth_steps"], images, labels, out_dir / "synth_segmenter", names, device),
-                           tta=tta)
+    synth_run = _train("segmenter/synth_unet", settings["synth_overrides"] + [f"train.seed={seed}"],
+                       settings["synth_steps"], images, labels, out_dir / "synth_segmenter", names, device)
+    synth = load_segmenter(synth_run, tta=tta)
     timings["synth_segmenter_s"] = time.perf_counter() - t1
-    translators = dict(translators or {})
+    translators = {"painted_chain": str(_tissue_translator(synth_run, settings, images, labels, names)),
+                   **(translators or {})}
     if settings.get("tissue_steps"):
         t3 = time.perf_counter()
         translators["tissue_chain"] = str(_train_tissue_translator(settings["tissue_overrides"], settings["tissue_steps"],

@@ -177,8 +177,9 @@ class Tracker:
         mlflow.log_artifact(str(manifest_path), "manifests")
 
     @retry_locked
-    def log_bundle(self, bundle_dir: str | Path, registered_name: str | None = None) -> str | None:
-        """Log a bundle folder as artifacts and register it as a model version.
+    def log_bundle(self, bundle_dir: str | Path, registered_name: str | None = None,
+                   artifact_path: str = "bundle") -> str | None:
+        """Log a bundle folder as artifacts (under ``artifact_path``) and register it as a model version.
 
         Returns the ``models:/name/version`` URI when registered, else the run artifact URI.
         """
@@ -186,8 +187,8 @@ class Tracker:
             return None
         import mlflow
         from mlflow import MlflowClient
-        mlflow.log_artifacts(str(bundle_dir), "bundle")
-        source = f"{self.run.info.artifact_uri.rstrip('/')}/bundle"
+        mlflow.log_artifacts(str(bundle_dir), artifact_path)
+        source = f"{self.run.info.artifact_uri.rstrip('/')}/{artifact_path}"
         if not registered_name:
             return source
         client = MlflowClient()

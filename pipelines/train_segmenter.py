@@ -5,7 +5,9 @@ Read image/label pairs (real, plus optional synthetic ones from ``medgen generat
 model's spacing and HU window -> patch training with the shared loop -> export ``RUN_DIR/bundle``
 (kind ``segmenter``: label names, input spacing/scaling, patch size and a CT reference histogram of
 the real training CTs for the histogram-matching baseline) -> register it in MLflow as
-``medgen-segmenter``.
+``medgen-segmenter``. A segmenter that learns the whole render class map (``synth.target:
+classes``) is also exported as a tissue-painting translator (``RUN_DIR/translator``, registered as
+``<registered_name>-translator``; :mod:`medgen.models.tissue_translator`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import numpy as np
 
 from medgen.errors import InputError
 from medgen.training.segmenter import (
-    SegmenterConfig, SegmenterTask, body_quantiles, input_spec, plan_labels, prepare_case,
+    SegmenterConfig, SegmenterTask, body_quantiles, class_mean_hu, input_spec, plan_labels, prepare_case,
+    training_label_names,
 )
 from medgen import distributed
 from medgen.data.inputs import collect_inputs, pair_inputs
 from medgen.data.label_names import read_label_names
 from medgen.io.readers import read_volume
 from medgen.models.bundle import BundleSpec, save_bundle
+from medgen.models.tissue_translator import export_tissue_translator
 from medgen.runtime import seed_everything
 from medgen.tracking import start_run, write_run_info
 from medgen.training.loop import LoopSettings, run_training
@@ -93,22 +97,28 @@ def train_segmenter(
     spec = input_spec(config)
 
     quantiles: list[np.ndarray] = []  # body HU quantiles of the real training CTs (histogram baseline)
-    bands = config.synth.hu_bands if config.synth.enabled else None
-    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, hu_bands=bands)
-    val_cases = _prepare_cases(val_pairs, spec, plan)
+    synth = config.synth
+    bands = synth.hu_bands if synth.enabled else None
+    target = synth.target if synth.enabled else "labels"
+    names = training_label_names(plan, synth)
+    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, hu_bands=bands, target=target)
+    painting = class_mean_hu(cases)  # mean HU per class of the real training CTs (tissue translator)
+    # validation scores the same classes the network learns
+    val_cases = _prepare_cases(val_pairs, spec, plan, hu_bands=bands if target == "classes" else None, target=target)
     if not cases:
         raise InputError("no training cases", path="--images")
     if not val_cases and config.data.val_cases > 0:
         if config.data.val_cases >= len(cases):
             raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
         val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
-    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True)
+    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True, hu_bands=bands if target == "classes" else None,
+                            target=target)
     for case in cases:
         present = sorted(int(c) for c in np.unique(case.label) if c)
         log.info("case %s%s: grid %s, classes %s", case.case_id, " (synthetic)" * case.synthetic, case.image.shape,
                  present)
 
-    task = SegmenterTask(config, cases, val_cases, plan.names, device=dev, seed=seed)
+    task = SegmenterTask(config, cases, val_cases, names, device=dev, seed=seed)
     settings = LoopSettings(max_steps=config.train.steps, checkpoint_every=config.train.checkpoint_every,
                             validate_every=config.train.validate_every, log_every=config.train.log_every)
     manifest = output / "training_cases.csv"
@@ -121,19 +131,21 @@ def train_segmenter(
     with start_run("train_segmenter", output_dir=output, enabled=mlflow) as tracker:
         tracker.log_config(config)
         tracker.log_manifest(manifest, name="segmenter-training")
-        tracker.log_params({"label_names": json.dumps(plan.names)[:480], "n_train_cases": len(cases),
+        tracker.log_params({"label_names": json.dumps(names)[:480], "n_train_cases": len(cases),
                             "n_val_cases": len(val_cases), "n_synthetic_cases": len(synth_pairs)})
         last = run_training(task, output, settings, tracker=tracker, resume=resume)
         if distributed.is_main_process():
             extra = {"input": spec.to_dict(), "source_label_names": {str(k): v for k, v in plan.source_names.items()},
                      "ct_reference_quantiles": np.mean(quantiles, axis=0).round(2).tolist(),
                      "ct_reference_threshold_hu": -500.0, "final_validation": last}
+            if painting:
+                extra["class_mean_hu"] = {str(k): v for k, v in painting.items()}
             bundle = BundleSpec(
                 kind="segmenter", network=task.network_desc,
                 preprocess={"orientation": "RAS", "spacing": spec.spacing and list(spec.spacing),
                             "hu_window": [spec.a_min, spec.a_max], "range": [spec.b_min, spec.b_max],
                             "intensity": spec.intensity, "percentiles": list(spec.percentiles)},
-                label_names=plan.names, extra=extra,
+                label_names=names, extra=extra,
                 metadata={"task": "CT segmentation", "description": "3D CT segmenter trained by medgen",
                           "network_data_format": {
                               "inputs": {"image": {"type": "image", "num_channels": 1,
@@ -141,19 +153,25 @@ def train_segmenter(
                                                    "spatial_shape": list(spec.patch_size), "dtype": "float32",
                                                    "value_range": [spec.a_min, spec.a_max]}},
                               "outputs": {"pred": {"type": "image", "format": "segmentation",
-                                                   "num_channels": len(plan.names), "dtype": "float32",
-                                                   "channel_def": {str(k): v for k, v in plan.names.items()}}}}})
+                                                   "num_channels": len(names), "dtype": "float32",
+                                                   "channel_def": {str(k): v for k, v in names.items()}}}}})
             save_bundle(bundle_dir, bundle, task.network)
             uri = tracker.log_bundle(bundle_dir, config.export.registered_name)
             if uri:
                 log.info("registered %s", uri)
+            if target == "classes":  # it knows every voxel's tissue: also a tissue-painting translator
+                translator_dir = export_tissue_translator(bundle_dir, output / "translator")
+                uri = tracker.log_bundle(translator_dir, config.export.registered_name + "-translator",
+                                         artifact_path="translator")
+                log.info("tissue-painting translator %s%s", translator_dir, f" ({uri})" if uri else "")
             write_run_info(output, tracker)
     distributed.barrier()
     return bundle_dir
 
 
 def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
-                   quantiles: list[np.ndarray] | None = None, hu_bands: list[float] | None = None) -> list:
+                   quantiles: list[np.ndarray] | None = None, hu_bands: list[float] | None = None,
+                   target: str = "labels") -> list:
     """Read and prepare ``(image, label)`` case pairs.
 
     ``quantiles``, when given, collects each image's body HU quantiles while the raw image is in
@@ -165,7 +183,7 @@ def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
         image = read_volume(img_case.path)
         label = read_volume(lab_case.path, kind="label")
         cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic,
-                                  hu_bands=hu_bands))
+                                  hu_bands=hu_bands, target=target))
         if quantiles is not None:
             quantiles.append(body_quantiles(image.array))
         del image, label

@@ -45,7 +45,8 @@ from medgen.runtime import autocast
 from medgen import distributed
 from medgen.data.synthesis import warp_and_render
 from medgen.transforms.random_warp import WarpRanges, random_grid
-from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, gaussian_blur, render_classes
+from medgen.transforms.render import (DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, gaussian_blur, render_classes,
+                                     tissue_band_names)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class SynthConfig(StrictModel):
     warmup: float = Field(0.0, ge=0.0, lt=1.0)
     #: HU edges of the tissue classes cut from each CT for the unlabelled voxels
     hu_bands: list[float] = list(DEFAULT_HU_BANDS)
+    #: what the network learns to predict: ``labels`` (the organ labels; background is one class)
+    #: or ``classes`` (the whole render class map: organ labels, and the CT's HU tissue band wherever
+    #: unlabelled, named ``tissue_<band>``). A ``classes`` model knows every voxel's tissue, so its run
+    #: also exports a tissue-painting MR -> CT translator (``RUN/translator``,
+    #: :mod:`medgen.models.tissue_translator`)
+    target: Literal["labels", "classes"] = "labels"
     render: RenderConfig = RenderConfig()
     rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
     scale: list[float] = [0.85, 1.15]
@@ -261,9 +268,45 @@ def plan_labels(source_names: dict[int, str], include: list[str] | None) -> Labe
 class PreparedCase:
     case_id: str
     image: np.ndarray  # network input range, RAS at the model spacing
-    label: np.ndarray  # class ids, same grid
+    label: np.ndarray  # training target (class ids), same grid
     synthetic: bool = False  # from a generator (--synthetic-images), not a real scan
     classes: np.ndarray | None = None  # rendering classes (labels + HU tissue bands), same grid
+    hu_sums: np.ndarray | None = None  # per target class: sum of the CT's HU (class_mean_hu), training only
+    hu_counts: np.ndarray | None = None  # per target class: voxel count
+
+
+def training_label_names(plan: LabelPlan, synth: SynthConfig) -> dict[int, str]:
+    """Class id -> name of the trained model: the label plan's, plus ``tissue_<band>`` per HU band
+    when the network learns the whole render class map (``synth.target: classes``).
+
+    Examples:
+        >>> plan = plan_labels({0: "background", 1: "liver"}, None)
+        >>> training_label_names(plan, SynthConfig(enabled=True, target="classes", hu_bands=[-500, 100]))
+        {0: 'background', 1: 'liver', 2: 'tissue_hu_below_-500', 3: 'tissue_hu_-500_to_100', 4: 'tissue_hu_above_100'}
+    """
+    names = dict(plan.names)
+    if synth.enabled and synth.target == "classes":
+        first = len(plan.names)  # render_classes numbers band b as n_label_ids + b
+        names.update({first + b: f"tissue_{name}" for b, name in enumerate(tissue_band_names(synth.hu_bands))})
+    return names
+
+
+def class_mean_hu(cases: list[PreparedCase]) -> dict[int, float]:
+    """Mean CT value (HU) of every target class over ``cases`` (those prepared with HU statistics).
+
+    The painting values of a tissue-painting translator (:mod:`medgen.models.tissue_translator`):
+    each class the segmenter decides becomes its mean training-CT HU.
+    """
+    sums = [c.hu_sums for c in cases if c.hu_sums is not None]
+    if not sums:
+        return {}
+    size = max(len(s) for s in sums)
+    total, count = np.zeros(size), np.zeros(size)
+    for c in cases:
+        if c.hu_sums is not None:
+            total[:len(c.hu_sums)] += c.hu_sums
+            count[:len(c.hu_counts)] += c.hu_counts
+    return {k: round(float(total[k] / count[k]), 2) for k in range(size) if count[k] > 0}
 
 
 def align_label(image: Volume, label: Volume) -> Volume:
@@ -284,21 +327,28 @@ def align_label(image: Volume, label: Volume) -> Volume:
 
 
 def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan, *,
-                 synthetic: bool = False, hu_bands: list[float] | None = None) -> PreparedCase:
+                 synthetic: bool = False, hu_bands: list[float] | None = None,
+                 target: str = "labels") -> PreparedCase:
     """Align, remap and bring a CT + label pair to the network's grid and intensity range.
 
     With ``hu_bands`` (training on renderings) the case also carries its rendering classes: the
     training labels, and the CT's tissue band (:func:`medgen.transforms.render.render_classes`)
-    wherever it is unlabelled.
+    wherever it is unlabelled, and the HU sum and count of every target class (for
+    :func:`class_mean_hu`). ``target="classes"`` makes the rendering classes the training target.
     """
     label = align_label(image, label)
     remapped = label.with_array(plan.apply(label.array, label.name))
     grid = NetworkSegmenter.prepare_grid(image, spec)
     lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
-    classes = None
+    case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic)
     if hu_bands is not None:
-        classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=hu_bands)
-    return PreparedCase(case_id, spec.scale(grid.array), lab, synthetic, classes)
+        case.classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=hu_bands)
+        if target == "classes":
+            case.label = case.classes.astype(np.uint8)
+        flat = case.label.reshape(-1).astype(np.int64)
+        case.hu_sums = np.bincount(flat, weights=grid.array.reshape(-1).astype(np.float64))
+        case.hu_counts = np.bincount(flat).astype(np.float64)
+    return case
 
 
 def body_quantiles(hu: np.ndarray, threshold: float = -500.0, n: int = 101) -> np.ndarray:
@@ -383,10 +433,12 @@ def crop(array: np.ndarray, start: np.ndarray, patch: tuple[int, int, int], pad_
 
 
 def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
-                 foreground_fraction: float, pad_value: float = -1.0) -> tuple[np.ndarray, np.ndarray]:
-    """One image/label patch (see :func:`patch_start`)."""
+                 foreground_fraction: float, pad_value: float = -1.0,
+                 label_pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One image/label patch (see :func:`patch_start`); outside the image: ``pad_value`` / ``label_pad``."""
     start = patch_start(case, patch, gen, foreground_fraction)
-    return crop(case.image.astype(np.float32, copy=False), start, patch, pad_value), crop(case.label, start, patch, 0)
+    return (crop(case.image.astype(np.float32, copy=False), start, patch, pad_value),
+            crop(case.label, start, patch, label_pad))
 
 
 def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -498,11 +550,14 @@ class SegmenterTask:
                                smooth_dr=1e-5)
         self.gen = torch.Generator().manual_seed(seed + 1000 * distributed.rank())
         synth = config.synth
-        air_class = self.n_classes  # the darkest HU band (render_classes numbers bands after the labels)
+        learns_classes = synth.enabled and synth.target == "classes"
+        # the darkest HU band: render_classes numbers the bands after the label ids
+        air_class = self.n_classes - (len(synth.hu_bands) + 1) if learns_classes else self.n_classes
         self.renderer = RandContrastRender(config.data.spacing or (1.0, 1.0, 1.0), synth.render,
                                            dark_classes=[air_class])
         self.warp = WarpRanges(rotate_deg=synth.rotate_deg, scale=tuple(synth.scale), elastic_vox=synth.elastic_vox)
         self.air_class = air_class
+        self.label_pad = air_class if learns_classes else 0  # what lies outside a scan
 
     @property
     def network(self) -> torch.nn.Module:
@@ -520,7 +575,7 @@ class SegmenterTask:
         margin = np.array(patch) // 4
         block = tuple(int(p + 2 * m) for p, m in zip(patch, margin))
         cls = crop(case.classes, start - margin, block, self.air_class)
-        lab = crop(case.label, start - margin, block, 0)
+        lab = crop(case.label, start - margin, block, self.label_pad)
         grid = random_grid(patch, self.gen, self.warp)
         grid = grid * torch.tensor([p / b for p, b in zip(patch, block)][::-1])  # central patch of the block
         present = getattr(case, "_render_ids", None)
@@ -558,7 +613,7 @@ class SegmenterTask:
                 imgs.append(x.cpu())
                 labs.append(y.cpu())
                 continue
-            img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction)
+            img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction, label_pad=self.label_pad)
             x = torch.from_numpy(img)[None, None]
             y = torch.from_numpy(lab.astype(np.int64))[None, None]
             x, y = augment_scale(x, y, cfg.augment, self.gen)

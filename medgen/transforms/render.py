@@ -53,7 +53,7 @@ from pydantic import Field, model_validator
 from medgen.config import StrictModel
 
 __all__ = ["DEFAULT_HU_BANDS", "TISSUE_NAMES", "RenderConfig", "RandContrastRender", "RandContrastRenderd",
-           "tissue_classes", "render_classes", "gaussian_blur"]
+           "tissue_classes", "tissue_band_names", "render_classes", "gaussian_blur"]
 
 #: HU edges of the tissue classes cut from a CT (``tissue_classes``): each voxel falls in one band.
 DEFAULT_HU_BANDS: tuple[float, ...] = (-500.0, -200.0, -30.0, 20.0, 100.0, 200.0, 500.0)
@@ -111,6 +111,20 @@ def tissue_classes(hu, bands: Sequence[float] = DEFAULT_HU_BANDS):
     if isinstance(hu, torch.Tensor):
         return torch.bucketize(hu.float(), torch.tensor(edges, device=hu.device), right=True)
     return np.digitize(np.asarray(hu, np.float32), edges).astype(np.int16)
+
+
+def tissue_band_names(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[str]:
+    """A name for every band of ``bands``: :data:`TISSUE_NAMES` for the default edges, else the HU range.
+
+    Examples:
+        >>> tissue_band_names([-500, 100])
+        ['hu_below_-500', 'hu_-500_to_100', 'hu_above_100']
+    """
+    edges = [float(b) for b in bands]
+    if tuple(edges) == DEFAULT_HU_BANDS:
+        return list(TISSUE_NAMES)
+    text = [f"{e:g}" for e in edges]
+    return [f"hu_below_{text[0]}"] + [f"hu_{a}_to_{b}" for a, b in zip(text, text[1:])] + [f"hu_above_{text[-1]}"]
 
 
 def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS):
