@@ -15,6 +15,10 @@ Protocol:
   - ``synth`` (``translator/synth_25d``, objective synth): the CT slab alone; G learns from
     random-contrast renderings of the CT's HU tissue classes paired with that CT (no MR
     intensities at all). ``--synth-mr`` adds the MR slab as unpaired MR (CycleGAN terms).
+  - ``tissue`` (``segmenter/synth_unet`` with ``synth.target: classes``, exported as a
+    tissue-painting translator, :mod:`medgen.models.tissue_translator`): the CT slab alone, no
+    labels (its classes are the HU tissue bands); the contrast-agnostic segmenter learns each
+    voxel's band from renderings, and the synthetic CT paints each band's mean training HU.
 
 * Translate the lower 30% MR slab with ``translate_volume`` (preprocess -> translate -> invert to
   the 1 mm grid) and compare with the CT slab inside the object mask: CT body (> -500 HU) AND MR
@@ -31,6 +35,7 @@ Usage::
 
     python bench/translator_mridir.py --routes synth cyclegan --synth-steps 1500 --cyclegan-steps 1500 \
         [--out DIR] [--set key=value ...] [--synth-set key=value ...]
+    python bench/translator_mridir.py --routes tissue --tissue-steps 3000 [--tissue-set key=value ...]
 """
 
 from __future__ import annotations
@@ -161,9 +166,8 @@ def run_route(name: str, config_name: str, overrides: list[str], steps: int, spl
     import torch
 
     from medgen.config import load_config
-    from medgen.inference.translate import load_translator, translate_volume
+    from medgen.inference.translate import load_translator
     from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
     from medgen.pipelines.train_translator import make_paired_case, train_translator
     from medgen.training.translator import TranslatorConfig
 
@@ -180,39 +184,78 @@ def run_route(name: str, config_name: str, overrides: list[str], steps: int, spl
                               paired_cases=cases)
     train_s = time.perf_counter() - start
     translator = load_translator(bundle)
-    mr_test_vol = read_volume(paths["mr_test"])
-    variants = {}
-    for variant, kwargs, settings in (("default", {}, {}),
-                                      ("no_background_mask", {"mask_background": False}, {}),
-                                      ("centre_channel_only", {}, {"stack_blend": "centre"})):
-        translator.settings = {**config.inference.model_dump(), **settings}
+    variants = (("default", {}, {}), ("no_background_mask", {"mask_background": False}, {}),
+                ("centre_channel_only", {}, {"stack_blend": "centre"}))
+    result = evaluate(name, translator, split, out, config.inference.model_dump(), variants)
+    hist = [r for r in _history(run_dir) if r.get("phase") == "val" and "mae_hu" in r]
+    return {**result, "test_mae_curve": [(r["step"], round(r["mae_hu"], 1)) for r in hist],
+            "training": {"steps": steps, "seconds": round(train_s, 1), "config": config_name, "overrides": overrides,
+                         "inputs": "CT + MR upper slabs (unpaired)" if use_mr else "CT upper slab only"}}
+
+
+#: the tissue route's segmenter on this data: the translators' 1.5 mm grid, every voxel a tissue band
+TISSUE_OVERRIDES = ["synth.target=classes", "data.spacing=[1.5,1.5,1.5]", "train.precision=fp32",
+                    "train.validate_every=500", "train.checkpoint_every=250", "train.log_every=25"]
+
+
+def run_tissue_route(steps: int, split: Split, out: Path, overrides: list[str]) -> dict:
+    """``segmenter/synth_unet`` (``synth.target: classes``) on the CT slab with no labels, exported as a
+    tissue-painting translator, scored on the test slab like the translators."""
+    from medgen.config import load_config
+    from medgen.inference.translate import load_translator
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+    from medgen.pipelines.train_segmenter import train_segmenter
+    from medgen.training.segmenter import SegmenterConfig
+
+    config = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=TISSUE_OVERRIDES + overrides)
+    ct_train = read_volume(split.paths["ct_train"])
+    no_labels = out / "ct_train_no_labels.nii.gz"  # no organ labels: every voxel's class is its HU band
+    write_volume(ct_train.with_array(np.zeros(ct_train.shape, np.uint8)), no_labels, overwrite=True)
+    run_dir = out / "run_tissue"
+    start = time.perf_counter()
+    train_segmenter(config, images=[split.paths["ct_train"]], labels=[no_labels], output=run_dir,
+                    label_names={0: "background"}, max_steps=steps, resume=(run_dir / "checkpoints").exists(),
+                    device="cpu", mlflow=False)
+    train_s = time.perf_counter() - start
+    translator = load_translator(run_dir / "translator")
+    result = evaluate("tissue", translator, split, out, dict(translator.settings), (("default", {}, {}),))
+    return {**result, "training": {"steps": steps, "seconds": round(train_s, 1), "config": "segmenter/synth_unet",
+                                   "overrides": TISSUE_OVERRIDES + overrides, "inputs": "CT upper slab only, no labels"}}
+
+
+def evaluate(name: str, translator, split: Split, out: Path, settings: dict, variants) -> dict:
+    """Translate the MR test slab with each ``(variant, translate kwargs, inference settings)`` and score it
+    against the CT test slab; writes the default variant's synthetic CT and picture."""
+    from medgen.inference.translate import translate_volume
+    from medgen.io.readers import read_volume
+    from medgen.io.writers import write_volume
+    mr_test_vol = read_volume(split.paths["mr_test"])
+    scored = {}
+    for variant, kwargs, extra_settings in variants:
+        translator.settings = {**settings, **extra_settings}
         t0 = time.perf_counter()
         sct = translate_volume(mr_test_vol, translator, device="cpu", precision="fp32", show_progress=False, **kwargs)
-        variants[variant] = {**scores(sct.array, split.ct_test, split.test_mask),
-                             "seconds": round(time.perf_counter() - t0, 2)}
+        scored[variant] = {**scores(sct.array, split.ct_test, split.test_mask),
+                           "seconds": round(time.perf_counter() - t0, 2)}
         if variant == "default":
             write_volume(sct, out / f"sct_test_{name}.nii.gz", overwrite=True)
-            sct_default = sct.array
-    hist = [r for r in _history(run_dir) if r.get("phase") == "val" and "mae_hu" in r]
+            _picture(out / f"mridir_test_{name}.png", mr_test_vol, split.ct_test, sct.array, split.hm)
     base_c = split.result["baseline_constant_median"]["mae_hu"]
     base_h = split.result["baseline_histogram_matching"]["mae_hu"]
-    mine = variants["default"]["mae_hu"]
-    _picture(out / f"mridir_test_{name}.png", mr_test_vol, split.ct_test, sct_default, split.hm)
-    return {"translator": variants["default"], "variants": variants,
-            "training": {"steps": steps, "seconds": round(train_s, 1), "config": config_name, "overrides": overrides,
-                         "inputs": "CT + MR upper slabs (unpaired)" if use_mr else "CT upper slab only"},
-            "test_mae_curve": [(r["step"], round(r["mae_hu"], 1)) for r in hist],
+    mine = scored["default"]["mae_hu"]
+    return {"translator": scored["default"], "variants": scored,
             "improvement": {"vs_constant_hu": round(base_c - mine, 2), "vs_constant_pct": round(100 * (1 - mine / base_c), 1),
                             "vs_histogram_hu": round(base_h - mine, 2),
                             "vs_histogram_pct": round(100 * (1 - mine / base_h), 1)},
             "acceptance": {"mae_below_constant": bool(mine < base_c),
-                           "bone_mae_le_300": bool(variants["default"]["mae_bone_hu"] <= 300.0)}}
+                           "bone_mae_le_300": bool(scored["default"]["mae_bone_hu"] <= 300.0)}}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/medgen_bench_mridir")
-    parser.add_argument("--routes", nargs="+", choices=("synth", "cyclegan"), default=["synth", "cyclegan"])
+    parser.add_argument("--routes", nargs="+", choices=("synth", "cyclegan", "tissue"), default=["synth", "cyclegan"])
     parser.add_argument("--steps", type=int, default=None, help="steps of every route (else the per-route ones)")
     parser.add_argument("--synth-steps", type=int, default=1500)
     parser.add_argument("--cyclegan-steps", type=int, default=1500)
@@ -220,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--synth-config", default="translator/synth_25d")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every route")
     parser.add_argument("--synth-set", action="append", default=[], help="override for the synth route only")
+    parser.add_argument("--tissue-steps", type=int, default=3000)
+    parser.add_argument("--tissue-set", action="append", default=[], help="override for the tissue route's segmenter")
     parser.add_argument("--synth-mr", action="store_true",
                         help="synth route: also the MR upper slab as unpaired MR (CycleGAN terms on real MR)")
     parser.add_argument("--train-fraction", type=float, default=0.7)
@@ -236,7 +281,9 @@ def main(argv=None) -> int:
     result = dict(split.result)
     print(json.dumps({"baselines": {k: v for k, v in result.items() if k.startswith("baseline")}}), file=sys.stderr)
     for route in args.routes:
-        if route == "synth":
+        if route == "tissue":
+            result["tissue"] = run_tissue_route(args.steps or args.tissue_steps, split, out, args.tissue_set)
+        elif route == "synth":
             steps = args.steps or args.synth_steps
             result["synth"] = run_route("synth", args.synth_config, DEFAULT_OVERRIDES + args.overrides + args.synth_set,
                                         steps, split, out, use_mr=args.synth_mr, curve=not args.no_val)

@@ -33,7 +33,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medgen.config import Overlap, PositiveFloat, PositiveInt, StrictModel
 from medgen.errors import InputError
@@ -152,6 +152,18 @@ class SegmenterConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     synth: SynthConfig = SynthConfig()
+
+    @model_validator(mode="after")
+    def _tissue_translator_exportable(self):
+        """``synth.target: classes`` exports a tissue-painting translator: refuse what cannot be one, before training."""
+        if self.synth.enabled and self.synth.target == "classes":
+            if self.network.name != "unet":
+                raise ValueError("synth.target classes needs network.name unet (its export as a translator wraps a "
+                                 "MONAI UNet)")
+            if self.data.intensity != "percentile":
+                raise ValueError("synth.target classes needs data.intensity percentile (a translator reads MR of any "
+                                 "contrast)")
+        return self
 
 
 def input_spec(config: SegmenterConfig) -> InputSpec:

@@ -134,3 +134,13 @@ def test_scans_edge_is_air_not_background():
     assert (corner[:8] == task.air_class).all()
     x, y = task.batch(1)
     assert int(y.max()) < len(names) and not (y == 0).any()
+
+
+@pytest.mark.parametrize("override, words", [("network.name=segresnet", "network.name unet"),
+                                             ("data.intensity=hu_window", "data.intensity percentile")])
+def test_what_cannot_become_a_translator_is_refused_before_training(override, words):
+    from medgen.config import load_config
+    from medgen.errors import ConfigError
+    from medgen.training.segmenter import SegmenterConfig
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=["synth.target=classes", override])
