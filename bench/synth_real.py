@@ -11,10 +11,17 @@ there is a TotalSegmentator *prediction*, not manual ground truth). No MR is use
    subject): mask on the MR's exact grid (header and reader checks), QC picture, per-label
    volumes and RAS centroids with anatomical-plausibility checks, the reliability flag, and an
    axial montage to look at.
+4. With ``--set synth.target=classes`` the run also exported a tissue-painting translator
+   (``RUN/translator``); with ``--ct-segmenter RUN`` (e.g. ``bench/chain_real.py``'s
+   ``OUT/segmenter``) the painted chain ``segment-mr --translator RUN/translator --segmenter
+   CT_SEGMENTER`` is run and reported the same way (``mr_sm_painted``), with its synthetic CT.
+   Tissue classes (``tissue_*``) are left out of the organ statistics.
 
 Usage (1 torch thread)::
 
     OMP_NUM_THREADS=1 python bench/synth_real.py --out /tmp/synth_real [--steps 800] > /tmp/synth_real.json
+    OMP_NUM_THREADS=1 python bench/synth_real.py --out /tmp/synth_real_cls --steps 6000 --set synth.target=classes \
+        --ct-segmenter /tmp/chain_real/segmenter
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ OVERRIDES = ["data.spacing=[3,3,3]", "data.patch_size=[64,64,32]", "network.chan
              "train.log_every=25"]
 
 
-def run(out: Path, data: Path, steps: int, overrides: list[str], device: str) -> dict:
+def run(out: Path, data: Path, steps: int, overrides: list[str], device: str, ct_segmenter: str | None = None) -> dict:
     from medgen.config import load_config
     from medgen.io.readers import read_volume
     from medgen.models.segmenters import load_segmenter
@@ -67,28 +74,39 @@ def run(out: Path, data: Path, steps: int, overrides: list[str], device: str) ->
     result["fit_dice_on_training_cts"] = _dice_table(segmenter, {
         "example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}, plan, device)
 
-    mask_path = out / "segment" / "mr_sm_direct.nii.gz"
-    options = ChainOptions(translator="none", segmenter=str(run_dir), device=device, precision="fp32",
-                           overwrite=True, agreement=True)
-    report = segment_mr([mr_path], mask_path, options, qc="auto")[0]
     mr = read_volume(mr_path)
-    mask = read_volume(mask_path, kind="label")
-    mr_shape, mr_affine = _grid(mr_path)
-    shape, affine = _grid(mask_path)
-    names = {int(k): v for k, v in json.loads(mask_path.with_name("mr_sm_direct.labels.json").read_text())
-             ["label_names"].items()}
-    stats = _label_stats(mask, names)
-    result["mr_sm"] = {
-        "outputs": report.outputs, "agreement": report.agreement,
-        "grid": {"header_shape_equal": shape == mr_shape, "header_affine_equal": _same(affine, mr_affine),
-                 "reader_grid_equal": mask.shape == mr.shape and _same(mask.affine, mr.affine)},
-        "labels": stats, "plausibility": _plausibility(stats),
-        "labelled_fraction": round(float(np.mean(mask.array > 0)), 4)}
-    result["montage_png"] = _axial_montage(out / "segment" / "compare_mr_sm_direct.png",
-                                           [("MR", mr, None, None), ("direct (synth segmenter)", mr, mask, None)],
-                                           plan.names, "example_mr_sm: contrast-agnostic segmenter, no translator")
+    routes = {"direct": ("none", str(run_dir), "direct (synth segmenter)")}
+    if ct_segmenter and (run_dir / "translator" / "medgen.json").exists():
+        routes["painted"] = (str(run_dir / "translator"), ct_segmenter, "painted sCT -> CT segmenter")
+    rows = [("MR", mr, None, None)]
+    for route, (translator, seg, title) in routes.items():
+        mask_path = out / "segment" / f"mr_sm_{route}.nii.gz"
+        options = ChainOptions(translator=translator, segmenter=seg, device=device, precision="fp32",
+                               overwrite=True, agreement=True)
+        report = segment_mr([mr_path], mask_path, options, qc="auto",
+                            save_sct="auto" if route == "painted" else None)[0]
+        mask = read_volume(mask_path, kind="label")
+        result["mr_sm" if route == "direct" else f"mr_sm_{route}"] = _mask_report(report, mask, mask_path, mr_path, mr)
+        rows.append((title, mr, mask, None))
+    result["montage_png"] = _axial_montage(out / "segment" / "compare_mr_sm_routes.png", rows, plan.names,
+                                           "example_mr_sm: synthesis routes (no MR used in training)")
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _mask_report(report, mask, mask_path: Path, mr_path: Path, mr) -> dict:
+    """Grid checks, organ volumes / centroids, plausibility and agreement of one route's mask."""
+    mr_shape, mr_affine = _grid(mr_path)
+    shape, affine = _grid(mask_path)
+    names = {int(k): v for k, v in json.loads(mask_path.with_name(mask_path.name.replace(".nii.gz", ".labels.json"))
+                                              .read_text())["label_names"].items()}
+    organs = {k: v for k, v in names.items() if not v.startswith("tissue_")}
+    stats = _label_stats(mask.with_array(np.where(np.isin(mask.array, list(organs)), mask.array, 0)), organs)
+    return {"outputs": report.outputs, "agreement": report.agreement,
+            "grid": {"header_shape_equal": shape == mr_shape, "header_affine_equal": _same(affine, mr_affine),
+                     "reader_grid_equal": mask.shape == mr.shape and _same(mask.affine, mr.affine)},
+            "labels": stats, "plausibility": _plausibility(stats),
+            "labelled_fraction": round(float(np.mean(np.isin(mask.array, [k for k in organs if k]))), 4)}
 
 
 def main(argv=None) -> int:
@@ -99,12 +117,15 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="segmenter override")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ct-segmenter", default=None, metavar="RUN",
+                        help="CT segmenter for the painted chain (needs --set synth.target=classes)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    print(json.dumps(run(Path(args.out), _data_dir(args.data), args.steps, args.set, args.device), indent=1))
+    print(json.dumps(run(Path(args.out), _data_dir(args.data), args.steps, args.set, args.device, args.ct_segmenter),
+                     indent=1))
     return 0
 
 
