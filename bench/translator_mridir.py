@@ -203,20 +203,15 @@ def run_tissue_route(steps: int, split: Split, out: Path, overrides: list[str]) 
     tissue-painting translator, scored on the test slab like the translators."""
     from medgen.config import load_config
     from medgen.inference.translate import load_translator
-    from medgen.io.readers import read_volume
-    from medgen.io.writers import write_volume
     from medgen.pipelines.train_segmenter import train_segmenter
     from medgen.training.segmenter import SegmenterConfig
 
     config = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=TISSUE_OVERRIDES + overrides)
-    ct_train = read_volume(split.paths["ct_train"])
-    no_labels = out / "ct_train_no_labels.nii.gz"  # no organ labels: every voxel's class is its HU band
-    write_volume(ct_train.with_array(np.zeros(ct_train.shape, np.uint8)), no_labels, overwrite=True)
     run_dir = out / "run_tissue"
     start = time.perf_counter()
-    train_segmenter(config, images=[split.paths["ct_train"]], labels=[no_labels], output=run_dir,
-                    label_names={0: "background"}, max_steps=steps, resume=(run_dir / "checkpoints").exists(),
-                    device="cpu", mlflow=False)
+    # no label maps: every voxel's class is its HU tissue band
+    train_segmenter(config, images=[split.paths["ct_train"]], labels=None, output=run_dir, max_steps=steps,
+                    resume=(run_dir / "checkpoints").exists(), device="cpu", mlflow=False)
     train_s = time.perf_counter() - start
     translator = load_translator(run_dir / "translator")
     result = evaluate("tissue", translator, split, out, dict(translator.settings), (("default", {}, {}),))

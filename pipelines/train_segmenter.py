@@ -41,7 +41,7 @@ def train_segmenter(
     config: SegmenterConfig,
     *,
     images: list[str | Path],
-    labels: list[str | Path],
+    labels: list[str | Path] | None,
     output: str | Path,
     label_names: str | Path | dict | None = None,
     include: list[str] | None = None,
@@ -59,7 +59,9 @@ def train_segmenter(
     Args:
         config: the resolved training config.
         images, labels: CT inputs and their label maps (files, folders or manifests), paired by
-            case id (:func:`medgen.data.inputs.pair_inputs`).
+            case id (:func:`medgen.data.inputs.pair_inputs`). ``labels`` may be empty when the
+            network learns the render class map (``synth.target: classes``): every voxel's class
+            is then its HU tissue band (unlabelled CTs train a tissue segmenter / translator).
         output: run folder (checkpoints, metrics, bundle, MLflow store by default).
         label_names: id -> name mapping or JSON file (``FILE#KEY`` for one entry of a class map);
             default: ``label_<id>`` for every id found.
@@ -76,7 +78,14 @@ def train_segmenter(
     seed = config.train.seed
     seed_everything(seed + distributed.rank())
 
-    pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
+    if labels:
+        pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
+    elif config.synth.enabled and config.synth.target == "classes":
+        pairs = [(image, None) for image in collect_inputs(images)]  # HU tissue bands only
+    else:
+        raise InputError("no label maps given", path="--labels",
+                         fix="pass one label map per CT, or learn the CTs' HU tissue bands alone with "
+                             "-c segmenter/synth_unet --set synth.target=classes")
     val_pairs = pair_inputs(collect_inputs(val_images), collect_inputs(val_labels)) if val_images else []
     if bool(synthetic_images) != bool(synthetic_labels):
         raise InputError("synthetic images and labels must be given together", path="--synthetic-images",
@@ -90,7 +99,8 @@ def train_segmenter(
     else:  # no names given: name every id found in the label maps label_<id>
         ids = set()
         for _, lab_case in pairs + val_pairs + synth_pairs:
-            ids |= {int(i) for i in np.unique(read_volume(lab_case.path, kind="label").array)}
+            if lab_case is not None:
+                ids |= {int(i) for i in np.unique(read_volume(lab_case.path, kind="label").array)}
         source_names = {0: "background", **{i: f"label_{i}" for i in sorted(ids) if i != 0}}
     plan = plan_labels(source_names, include)
     log.info("training classes: %s", plan.names)
@@ -123,7 +133,8 @@ def train_segmenter(
                             validate_every=config.train.validate_every, log_every=config.train.log_every)
     manifest = output / "training_cases.csv"
     if distributed.is_main_process():
-        rows = ["case_id,image,label,role"] + [f"{i.case_id},{i.path},{lab.path},train" for i, lab in pairs] + \
+        rows = ["case_id,image,label,role"] + [f"{i.case_id},{i.path},{lab.path if lab else ''},train"
+                                                for i, lab in pairs] + \
                [f"{i.case_id},{i.path},{lab.path},val" for i, lab in val_pairs] + \
                [f"{i.case_id},{i.path},{lab.path},synthetic" for i, lab in synth_pairs]
         manifest.write_text("\n".join(rows) + "\n")
@@ -181,7 +192,8 @@ def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
     cases = []
     for img_case, lab_case in pairs:
         image = read_volume(img_case.path)
-        label = read_volume(lab_case.path, kind="label")
+        label = (read_volume(lab_case.path, kind="label") if lab_case is not None
+                 else image.with_array(np.zeros(image.shape, np.uint8)))  # no labels: HU tissue bands only
         cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic,
                                   hu_bands=hu_bands, target=target))
         if quantiles is not None:

@@ -16,11 +16,14 @@ def add_training_args(parser, default_config: str) -> None:
     add_device(parser, precision=False)
 
 
-def add_paired_inputs(parser, images_help: str, *, label_names_example: str = "") -> None:
-    """``--images``, ``--labels`` (paired with them by case id) and ``--label-names`` of a trainer."""
+def add_paired_inputs(parser, images_help: str, *, label_names_example: str = "", labels_help: str = "") -> None:
+    """``--images``, ``--labels`` (paired with them by case id) and ``--label-names`` of a trainer.
+
+    ``labels_help`` (when given) says when ``--labels`` may be left out; otherwise it is required.
+    """
     parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help=images_help)
-    parser.add_argument("--labels", nargs="+", required=True, metavar="LBL",
-                        help="label maps, one per image (paired by case id, else by position)")
+    parser.add_argument("--labels", nargs="+", required=not labels_help, default=None, metavar="LBL",
+                        help="label maps, one per image (paired by case id, else by position)" + labels_help)
     parser.add_argument("--label-names", default=None, metavar="JSON",
                         help='id -> name JSON ({"1": "liver", ...}); FILE#KEY picks one entry of a class map'
                              + label_names_example)

@@ -16,7 +16,9 @@ def register(trainers) -> None:
                     "RUN_DIR/metrics.jsonl and RUN_DIR/bundle (registered in MLflow as medgen-segmenter).")
     add_training_args(parser, DEFAULT_CONFIG)
     add_paired_inputs(parser, "CT volumes (files, folders, DICOM series folders or a manifest)",
-                      label_names_example=" (e.g. TotalSegmentator's class_map.json#total)")
+                      label_names_example=" (e.g. TotalSegmentator's class_map.json#total)",
+                      labels_help="; optional with -c segmenter/synth_unet --set synth.target=classes (the CTs' "
+                                  "HU tissue bands are then the classes)")
     parser.add_argument("--include", default=None, metavar="NAME,NAME",
                         help="train on these labels only (others become background); glob patterns and "
                              "NEW=PATTERN|PATTERN merge labels, e.g. vertebrae=vertebrae_*")

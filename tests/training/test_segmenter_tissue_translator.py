@@ -144,3 +144,20 @@ def test_what_cannot_become_a_translator_is_refused_before_training(override, wo
     from medgen.training.segmenter import SegmenterConfig
     with pytest.raises(ConfigError, match=words):
         load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=["synth.target=classes", override])
+
+
+def test_unlabelled_cts_train_a_tissue_segmenter_from_the_cli(tmp_path, capsys):
+    """No --labels: the classes are the CTs' HU tissue bands; without synth.target classes: one line."""
+    from medgen.cli import main
+    p = make_phantom(4, **GRID)
+    write_volume(Volume(p.ct, p.affine), tmp_path / "cts" / "a.nii.gz")
+    base = ["train", "segmenter", "-c", "segmenter/synth_unet", "--images", str(tmp_path / "cts"), "--no-mlflow",
+            "--max-steps", "4"] + [a for o in TINY[:-1] for a in ("--set", o)]
+    assert main(base + ["-o", str(tmp_path / "plain")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--labels: no label maps given" in err[0] and "synth.target=classes" in err[0]
+    assert main(base + ["--set", "synth.target=classes", "-o", str(tmp_path / "run")]) == 0
+    desc = json.loads((tmp_path / "run" / "bundle" / "medgen.json").read_text())
+    assert desc["label_names"]["0"] == "background" and desc["label_names"]["1"] == "tissue_air_lung"
+    assert all(v.startswith("tissue_") for k, v in desc["label_names"].items() if k != "0")
+    assert (tmp_path / "run" / "translator" / "medgen.json").exists()
