@@ -301,12 +301,15 @@ def train_mr_ct_translator(out_dir: Path, cfg: DemoConfig, phantoms: dict, prepr
 def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_dir: str,
                      translator_dir: str | None, synth_segmenter_dir: str | None = None) -> dict:
     """Segment each held-out MR through the chain, the baselines and (when trained) the contrast-agnostic
-    segmenter directly; the CT segmenter on the true CT."""
+    segmenter directly and its tissue-painting translator's chain; the CT segmenter on the true CT."""
     methods = {}  # method -> (translator, segmenter)
     if translator_dir:
         methods["chain"] = (translator_dir, segmenter_dir)
     if synth_segmenter_dir:
         methods["direct"] = ("none", synth_segmenter_dir)
+        painted = Path(synth_segmenter_dir) / "translator"  # exported when it learnt every tissue (synth.target)
+        if (painted / "medgen.json").exists():
+            methods["painted"] = (str(painted), segmenter_dir)
     for baseline in cfg.baselines:
         methods[baseline] = (baseline, segmenter_dir)
     root = out_dir / "segment"

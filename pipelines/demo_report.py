@@ -31,9 +31,10 @@ METHOD_TITLES = {
     "upper_bound": "upper bound: segmenter on the true CT",
 }
 METHOD_TITLES["direct"] = "contrast-agnostic segmenter on the MR (synthesis route)"
-METHOD_ORDER = ("chain", "direct", "none", "histogram", "upper_bound")
-METHOD_COLOURS = {"chain": "#1f77b4", "direct": "#9467bd", "none": "#bbbbbb", "histogram": "#ff7f0e",
-                  "upper_bound": "#2ca02c"}
+METHOD_TITLES["painted"] = "painted chain (MR -> tissue-painted sCT -> CT segmenter; synthesis route)"
+METHOD_ORDER = ("chain", "painted", "direct", "none", "histogram", "upper_bound")
+METHOD_COLOURS = {"chain": "#1f77b4", "painted": "#8c564b", "direct": "#9467bd", "none": "#bbbbbb",
+                  "histogram": "#ff7f0e", "upper_bound": "#2ca02c"}
 
 
 #: Overlay colours by label name: an index into :func:`medgen.viz.label_colormap` (tab20), chosen so

@@ -17,7 +17,7 @@ import pytest
 from medgen.cli import main
 from medgen.errors import OutputError
 
-METHODS = ("chain", "direct", "none", "histogram", "upper_bound")
+METHODS = ("chain", "painted", "direct", "none", "histogram", "upper_bound")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_metrics_file_holds_sensible_values(demo_dir):
     assert seg["organs_mean"]["upper_bound"] > 0.15
     assert seg["organs_mean"]["chain"] > seg["organs_mean"]["none"]
     sct = metrics["translation"]["mean"]
-    assert set(sct) == {"chain", "none", "histogram"}
+    assert set(sct) == {"chain", "painted", "none", "histogram"}
     for method, values in sct.items():
         assert math.isfinite(values["mae_hu"]) and values["mae_hu"] > 0
         assert -1.0 <= values["ssim"] <= 1.0
