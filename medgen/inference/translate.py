@@ -39,7 +39,7 @@ from medgen.errors import InputError, ModelError
 from medgen.io.volume import Volume
 from medgen.progress import progress
 from medgen.runtime import autocast, resolve_device, resolve_precision
-from medgen.models.bundle import load_bundle, resolve_model
+from medgen.models.bundle import MEDGEN_JSON, load_bundle, resolve_model
 from medgen.transforms.intensity import unit_to_hu
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,10 @@ def load_translator(model: str | Path | Translator) -> Translator:
     if isinstance(model, Translator):
         return model
     folder = resolve_model(model)
+    painted = folder.parent / "translator"
+    if load_bundle(folder).kind == "segmenter" and (painted / MEDGEN_JSON).exists():
+        raise ModelError("is a segmenter; its run also exported a tissue-painting translator", path=folder,
+                         fix=f"pass {painted} as the translator")
     spec = load_bundle(folder, kind="translator")
     extra = spec.extra
     missing = [k for k in ("spatial_dims", "context", "ct_window") if k not in extra]

@@ -86,7 +86,7 @@ def test_the_translator_sees_and_decides_exactly_what_the_segmenter_does(trained
     torch.testing.assert_close(logits[:, 0], expected)
 
 
-def test_translate_cli_writes_painted_ct_on_the_mr_grid(trained, tmp_path):
+def test_translate_cli_writes_painted_ct_on_the_mr_grid(trained, tmp_path, capsys):
     from medgen.cli import main
     from medgen.io.readers import read_volume
     root, _, _ = trained
@@ -102,6 +102,10 @@ def test_translate_cli_writes_painted_ct_on_the_mr_grid(trained, tmp_path):
               ["extra"]["painted_classes"].values()]
     assert min(values) - 1 <= sct.array.min() and sct.array.max() <= max(values) + 1
     assert sct.array.std() > 50  # air and body differ
+    # the segmenter's run folder instead of its translator: one line naming the right folder
+    capsys.readouterr()
+    assert main(["translate", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "-m", str(root / "run")]) != 0
+    assert f"pass {root / 'run' / 'translator'} as the translator" in capsys.readouterr().err
 
 
 def test_a_ct_window_segmenter_cannot_be_exported(tmp_path):
