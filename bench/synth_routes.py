@@ -9,16 +9,13 @@
    the normalised / histogram-matched MR), ``upper_bound`` (CT segmenter on the true CT),
    ``direct_on_ct`` (contrast-agnostic segmenter on the true CT), ``painted_chain`` (MR -> the
    contrast-agnostic segmenter exported as a tissue-painting translator,
-   :mod:`medgen.models.tissue_translator` -> CT segmenter), and with ``--translator RUN``
-   ``chain`` (MR -> that translator -> CT segmenter) for each translator given, and with
-   ``--tissue-steps N`` ``tissue_chain`` (the tissue-painting translator ``translator/synth_tissue_3d``,
-   trained here on the same CTs and labels, -> CT segmenter).
+   :mod:`medgen.models.tissue_translator` -> CT segmenter), and with ``--translator NAME=RUN``
+   ``NAME`` (MR -> that translator -> CT segmenter) for each translator given.
 
 Usage::
 
     python bench/synth_routes.py --out /tmp/routes_s0 --seed 0 --threads 1
     python bench/synth_routes.py --out /tmp/routes_q --quick          # small (~3 min)
-    python bench/synth_routes.py --out /tmp/routes_s0 --seed 0 --threads 1 --tissue-steps 6000   # + tissue chain
 """
 
 from __future__ import annotations
@@ -45,16 +42,6 @@ QUICK = {"shape": (48, 48, 24), "spacing": (4.0, 4.0, 6.0), "n_train": 3, "n_tes
                            "network.strides=[2,2]", "train.validate_every=1000", "train.checkpoint_every=1000",
                            "train.lr=0.005"]}
 QUICK["synth_overrides"] = QUICK["seg_overrides"]
-# the tissue-painting translator (translator/synth_tissue_3d) with the direct route's network and patches
-FULL["tissue_overrides"] = ["preprocess.mr.spacing=[4.0,4.0,6.0]", "preprocess.ct.spacing=[4.0,4.0,6.0]",
-                            "model.unet_channels=[8,16,32,64]", "data.patch_size=[48,48,32]", "train.lr=0.005",
-                            "train.precision=fp32", "train.validate_every=200", "train.checkpoint_every=200",
-                            "train.log_every=50"]
-QUICK["tissue_overrides"] = ["preprocess.mr.spacing=[4.0,4.0,6.0]", "preprocess.ct.spacing=[4.0,4.0,6.0]",
-                             "model.unet_channels=[8,16,32]", "model.unet_strides=[2,2]", "data.patch_size=[32,32,16]",
-                             "synth.margin=[4,4,4]", "inference.window_size=[32,32,16]", "train.lr=0.005",
-                             "train.precision=fp32", "train.validate_every=1000", "train.checkpoint_every=1000"]
-
 
 def _write(folder: Path, seed: int, settings: dict, weightings=("t1",)) -> dict[str, Path]:
     from medgen.data.phantoms import make_phantom
@@ -81,19 +68,6 @@ def _train(config_name: str, overrides, steps: int, images, labels, run: Path, n
         cfg = load_config(None, SegmenterConfig, default=config_name, overrides=overrides)
         train_segmenter(cfg, images=images, labels=labels, output=run, label_names=names, max_steps=steps,
                         resume=(run / "checkpoints").exists(), device=device, mlflow=False)
-    return run
-
-
-def _train_tissue_translator(overrides, steps: int, images, labels, run: Path, seed: int) -> Path:
-    """``translator/synth_tissue_3d`` on the training CTs and labels only (no MR), into ``run``."""
-    from medgen.config import load_config
-    from medgen.pipelines.train_translator import train_translator
-    from medgen.training.translator import TranslatorConfig
-    if not (run / "bundle" / "medgen.json").exists():
-        cfg = load_config(None, TranslatorConfig, default="translator/synth_tissue_3d",
-                          overrides=overrides + [f"train.seed={seed}"])
-        train_translator(cfg, mr_inputs=None, ct_inputs=images, ct_labels=labels, run_dir=run, max_steps=steps,
-                         resume=(run / "checkpoints").exists(), device="cpu", mlflow=False)
     return run
 
 
@@ -126,9 +100,7 @@ def _tissue_translator(synth_run: Path, settings: dict, images, labels, names) -
 def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: str = "cpu",
                translators: dict[str, str] | None = None, tta: bool = False) -> dict:
     """Train both segmenters for ``seed`` and score every route; returns (and writes) the results
-    (``results.json``; with ``tta`` both segmenters apply test-time augmentation: ``results_tta.json``).
-    With ``settings["tissue_steps"]`` the tissue-painting translator is trained too and scored as
-    the ``tissue_chain`` route (MR -> it -> the CT segmenter)."""
+    (``results.json``; with ``tta`` both segmenters apply test-time augmentation: ``results_tta.json``)."""
     from medgen.data.phantoms import label_names
     from medgen.inference.chain import load_chain_translator, segment_mr_volume
     from medgen.io.readers import read_volume
@@ -154,11 +126,6 @@ def run_routes(out_dir: str | Path, settings: dict, *, seed: int = 0, device: st
     timings["synth_segmenter_s"] = time.perf_counter() - t1
     translators = {"painted_chain": str(_tissue_translator(synth_run, settings, images, labels, names)),
                    **(translators or {})}
-    if settings.get("tissue_steps"):
-        t3 = time.perf_counter()
-        translators["tissue_chain"] = str(_train_tissue_translator(settings["tissue_overrides"], settings["tissue_steps"],
-                                                                   images, labels, out_dir / "tissue_translator", seed))
-        timings["tissue_translator_s"] = time.perf_counter() - t3
     chains = {name: load_chain_translator(ref) for name, ref in translators.items()}
 
     scores: dict[str, dict[str, list[float]]] = {}
@@ -235,8 +202,6 @@ def main(argv=None) -> int:
     parser.add_argument("--synth-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
     parser.add_argument("--synth-set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--tissue-steps", type=int, default=None,
-                        help="also train translator/synth_tissue_3d this many steps and score its chain (tissue_chain)")
     parser.add_argument("--translator", action="append", default=[], metavar="NAME=RUN",
                         help="also score the chain through this translator (repeatable)")
     parser.add_argument("--threads", type=int, default=None)
@@ -254,8 +219,6 @@ def main(argv=None) -> int:
         settings["synth_steps"] = args.synth_steps
     if args.seg_steps:
         settings["seg_steps"] = args.seg_steps
-    if args.tissue_steps:
-        settings["tissue_steps"] = args.tissue_steps
     translators = dict(t.split("=", 1) for t in args.translator)
     print(json.dumps(run_routes(args.out, settings, seed=args.seed, device=args.device, translators=translators,
                                 tta=args.tta), indent=1))

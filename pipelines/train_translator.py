@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import InputError
-from medgen.networks.tissue_generator import TISSUE_GENERATOR_NAME, TissueGenerator
 from medgen.training.translator import GENERATOR_NAME, PairedCase, TranslatorConfig, TranslatorTask, generator_kwargs
 from medgen import distributed
 from medgen.data.inputs import collect_inputs, pair_inputs
@@ -39,7 +38,7 @@ from medgen.runtime import resolve_precision, seed_everything
 from medgen.tracking import Tracker, start_run, write_run_info
 from medgen.training.loop import LoopSettings, read_history, run_training
 from medgen.training.start import start_training
-from medgen.training.synth_translator import SynthTranslatorTask, synth_classes, tissue_generator_kwargs
+from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
 from medgen.transforms.intensity import hu_to_unit, unit_to_hu
 from medgen.transforms.recipes import preprocess
 from medgen.viz import plane_slice, save_curves_png
@@ -210,10 +209,7 @@ def _write_inputs_csv(path: Path, volumes: dict[str, list[TrainingVolume]]) -> P
 def export_translator(folder: str | Path, config: TranslatorConfig, generator, *, steps: int | None = None) -> Path:
     """Write G as a ``translator`` bundle (MONAI layout + medgen.json)."""
     m = config.model
-    if isinstance(generator, TissueGenerator):
-        name, kwargs = TISSUE_GENERATOR_NAME, tissue_generator_kwargs(m, n_classes=generator.n_classes)
-    else:
-        name, kwargs = GENERATOR_NAME, generator_kwargs(m)
+    name, kwargs = GENERATOR_NAME, generator_kwargs(m)
     multiple = m.size_multiple
     channels = kwargs["in_channels"]
     shape_rule = [f"{multiple}*n"] * m.spatial_dims
@@ -322,10 +318,6 @@ def check_translator_inputs(config: TranslatorConfig, mr_inputs, ct_inputs, ct_l
     if config.objective == "cyclegan" and ct_labels:
         raise InputError("CT label maps are used by the synthesis objective only", path="--ct-labels",
                          fix="use -c translator/synth_25d (objective: synth), or drop --ct-labels")
-    if config.model.generator == "tissue_unet" and mr_inputs and config.synth.mr_weight > 0:
-        raise InputError("model.generator tissue_unet trains on renderings only; the CycleGAN terms on real MR "
-                         "need the image-to-image generator", path="--mr",
-                         fix="drop --mr, or set synth.mr_weight=0, or use -c translator/synth_3d")
 
 
 class _no_run:

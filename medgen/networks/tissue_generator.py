@@ -11,14 +11,15 @@ CT is the probability-weighted sum of one fixed value per class,
 
     sCT(x) = sum_k softmax(logits(x))_k * value_k      (CT window unit range, clipped to [-1, 1])
 
-This is bulk-density assignment, the classic MR-only radiotherapy synthetic CT, made soft: the
-class term (Dice + cross-entropy on the known class map) and the L1 term both teach the decision
-and the partial-volume mix at edges. The values are each class's mean CT value over the training
-CTs (:meth:`TissueGenerator.set_class_values`), a buffer in the state dict (a bundle carries them),
-not learnt: learnt by L1 they drift towards the values that hurt least where the decision is
-unsure (bone from 495 to 288 HU in 6000 steps), the same collapse to the median this design
-avoids, and the chain through them scored lower (docs/results.md, "tissue-painting translator"). Texture inside a tissue is not reproduced (each class is
-one value): the output is meant for CT segmenters and dose-like HU lookups, not for realism.
+This is bulk-density assignment, the classic MR-only radiotherapy synthetic CT, made soft (the
+partial-volume mix at edges). The U-Net is a contrast-agnostic segmenter trained with
+``synth.target: classes`` (:mod:`medgen.models.tissue_translator` copies its weights in); the
+values are each class's mean HU over that segmenter's training CTs
+(:meth:`TissueGenerator.set_class_values`), a buffer in the state dict, so a translator bundle
+carries them. (Training this network as a translator instead, class term + L1, learnt the
+decisions far worse than the segmenter recipe does: docs/results.md, "Tissue-painting
+translator".) Texture inside a tissue is not reproduced (each class is one value): the output is
+meant for CT segmenters and dose-like HU lookups, not for realism.
 
 Layout as :class:`medgen.networks.resnet_generator.ResnetGenerator`: ``spatial_dims=3`` with
 one channel, or 2D/2.5D with ``in_channels = out_channels = k`` slices. Any input size works

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 
 from medgen.data.synth_pairs import SynthPairSampler
 from medgen.objectives.structure import build_structure_loss
@@ -41,44 +40,10 @@ from medgen.training.translator import (PairedCase, TranslatorConfig, Translator
                                         linear_decay)
 from medgen.errors import MedgenError
 from medgen.networks.resnet_generator import ResnetGenerator
-from medgen.networks.tissue_generator import TissueGenerator
 from medgen.transforms.intensity import unit_to_hu
 from medgen.transforms.render import render_classes
 
-__all__ = ["SynthTranslatorTask", "build_synth_generator", "class_mean_values", "synth_classes", "tissue_generator_kwargs"]
-
-
-def tissue_generator_kwargs(model, *, n_classes: int) -> dict:
-    """Constructor arguments of the tissue generator (recorded in the bundle so G can be rebuilt)."""
-    channels = generator_kwargs(model)["in_channels"]
-    return {"spatial_dims": model.spatial_dims, "in_channels": channels, "out_channels": channels,
-            "n_classes": int(n_classes), "channels": list(model.unet_channels), "strides": list(model.unet_strides),
-            "num_res_units": 1}
-
-
-def class_mean_values(ct_volumes: list[np.ndarray], ct_classes: list[np.ndarray]) -> torch.Tensor:
-    """The mean CT value (unit range) of every render class over all CTs; classes no CT has: -1 (air)."""
-    n_classes = max(int(c.max()) for c in ct_classes) + 1
-    sums, counts = np.zeros(n_classes), np.zeros(n_classes)
-    for ct, cls in zip(ct_volumes, ct_classes):
-        flat = cls.reshape(-1).astype(np.int64)
-        sums += np.bincount(flat, weights=np.asarray(ct, np.float64).reshape(-1), minlength=n_classes)
-        counts += np.bincount(flat, minlength=n_classes)
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), -1.0)
-    return torch.from_numpy(means.astype(np.float32))
-
-
-def build_synth_generator(model, ct_volumes: list[np.ndarray], ct_classes: list[np.ndarray]) -> torch.nn.Module:
-    """A fresh G for renderings-only training: the image-to-image generator, or (``model.generator``
-    ``tissue_unet``) the tissue generator painting each render class with its mean CT value."""
-    if model.generator != "tissue_unet":
-        G = ResnetGenerator(**generator_kwargs(model))
-        _init_weights(G)
-        return G
-    means = class_mean_values(ct_volumes, ct_classes)
-    G = TissueGenerator(**tissue_generator_kwargs(model, n_classes=len(means)))
-    G.set_class_values(means)
-    return G
+__all__ = ["SynthTranslatorTask", "synth_classes"]
 
 
 def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
@@ -128,17 +93,15 @@ class SynthTranslatorTask(TranslatorTask):
         if config.objective != "synth":
             raise ValueError(f"SynthTranslatorTask needs objective synth, the config has {config.objective}")
         self.adapt = bool(mr_volumes) and config.synth.mr_weight > 0
-        self.tissue = config.model.generator == "tissue_unet"
-        if self.tissue and self.adapt:  # users get one line from check_translator_inputs before any loading
-            raise ValueError("model.generator tissue_unet trains on renderings only (no real MR terms)")
         if self.adapt:  # G, F, D_CT, D_MR, the CycleGAN objective and the unpaired samplers
             super().__init__(config, mr_volumes, ct_volumes, mr_masks=mr_masks, ct_masks=ct_masks, device=device,
                              precision=precision, paired=paired, segmenter=segmenter, run_dir=run_dir,
                              tracker=tracker)
             self.rank_local_state_keys = (*TranslatorTask.rank_local_state_keys, "synth_sampler")
         else:
-            self._init_generator_only(config, device, precision, paired, run_dir, tracker,
-                                      build_synth_generator(config.model, ct_volumes, ct_classes))
+            G = ResnetGenerator(**generator_kwargs(config.model))
+            _init_weights(G)
+            self._init_generator_only(config, device, precision, paired, run_dir, tracker, G)
             self.rank_local_state_keys = ("synth_sampler",)
         m, d = config.model, config.data
         seed = config.train.seed + 1000 * distributed.rank() + 5
@@ -154,7 +117,6 @@ class SynthTranslatorTask(TranslatorTask):
         self.val_synth = SynthPairSampler(ct_volumes, ct_classes, self.synth_sampler.masks, seed=seed + 1,
                                           **common).sample(config.train.val_samples)
         self.synth_structure = build_structure_loss(config.loss.structure)
-        self.class_loss = DiceCELoss(to_onehot_y=True, softmax=True) if self.tissue else None
 
     def _init_generator_only(self, config, device, precision, paired, run_dir, tracker, G: torch.nn.Module) -> None:
         """G alone, its optimiser, schedule and optional EMA (no real MR: no F, no discriminators)."""
@@ -168,17 +130,9 @@ class SynthTranslatorTask(TranslatorTask):
     def synth_losses(self, pair) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(losses, G(rendering))``: the paired L1 and structure terms (weighted sum in ``synth_total``)."""
         loss = self.config.loss
-        if self.tissue:
-            fake, logits = self.nets["g_mr2ct"](pair.image, return_logits=True)
-        else:
-            fake = self.nets["g_mr2ct"](pair.image)
+        fake = self.nets["g_mr2ct"](pair.image)
         losses = {"synth_l1": F.l1_loss(fake.float(), pair.target)}
         total = loss.lambda_synth_l1 * losses["synth_l1"]
-        if self.tissue and loss.lambda_synth_class > 0:
-            # (B, C, K, *spatial) -> one K-class map per slice/patch, against its rendered classes
-            flat = logits.reshape(-1, *logits.shape[2:]).float()
-            losses["synth_class"] = self.class_loss(flat, pair.classes.reshape(-1, 1, *pair.classes.shape[2:]))
-            total = total + loss.lambda_synth_class * losses["synth_class"]
         if self.synth_structure is not None and loss.lambda_structure > 0:
             losses["synth_structure"] = self.synth_structure(pair.image, fake, pair.mask)
             total = total + loss.lambda_structure * losses["synth_structure"]

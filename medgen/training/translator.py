@@ -83,14 +83,6 @@ class ModelConfig(StrictModel):
     upsample: Literal["nearest", "linear", "transpose"] = "nearest"
     dropout: float = 0.0
     stem_kernel: int = 7
-    generator: Literal["resnet", "tissue_unet"] = Field("resnet", description=(
-        "resnet: the CycleGAN image-to-image generator; tissue_unet (objective synth only, without --mr): a U-Net "
-        "that decides each voxel's render class and paints the class's mean training-CT HU "
-        "(medgen.networks.tissue_generator)"))
-    unet_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64, 128], description=(
-        "tissue_unet: the U-Net's widths per level"))
-    unet_strides: list[PositiveInt] = Field(default_factory=lambda: [2, 2, 2], description=(
-        "tissue_unet: down-sampling strides (one fewer than unet_channels)"))
     disc_features: int = 32
     disc_layers: int = 3
     disc_ct_windows: list[list[float]] = Field(default_factory=list, description=(
@@ -104,9 +96,6 @@ class ModelConfig(StrictModel):
             raise ValueError("context must be odd (a centre slice with the same number of neighbours each side)")
         if self.spatial_dims == 3 and self.context != 1:
             raise ValueError("context must be 1 for spatial_dims 3")
-        if len(self.unet_channels) != len(self.unet_strides) + 1:
-            raise ValueError(f"unet_channels ({len(self.unet_channels)}) needs one more entry than unet_strides "
-                             f"({len(self.unet_strides)})")
         for window in self.disc_ct_windows:
             if len(window) != 2 or not window[0] < window[1]:
                 raise ValueError(f"disc_ct_windows entries are [lo, hi] HU with lo < hi, got {window}")
@@ -115,8 +104,6 @@ class ModelConfig(StrictModel):
     @property
     def size_multiple(self) -> int:
         """What every spatial size of a training patch must be a multiple of."""
-        if self.generator == "tissue_unet":
-            return int(np.prod(self.unet_strides))
         return 2 ** self.n_down
 
 
@@ -155,9 +142,6 @@ class LossConfig(StrictModel):
     lambda_synth_l1: float = Field(10.0, ge=0, description=(
         "objective synth: weight of the L1 between G(rendering) and the CT it was rendered from (CT window "
         "unit range); the structure term (structure, lambda_structure) also applies to these pairs"))
-    lambda_synth_class: float = Field(1.0, ge=0, description=(
-        "objective synth with model.generator tissue_unet: weight of the Dice + cross-entropy between G's class "
-        "logits and the rendering's class map (the tissue decision; the L1 in HU sharpens it)"))
     seg_adv_from: int = Field(0, ge=0, description=(
         "training step after which G's output-space adversarial term counts (D_SEG trains from the start); "
         "a later start leaves the early steps, where the translator's mode forms, to the other terms"))
@@ -276,9 +260,6 @@ class TranslatorConfig(StrictModel):
         multiple = self.model.size_multiple
         if any(p % multiple for p in self.data.patch_size):
             raise ValueError(f"data.patch_size must be multiples of {multiple} (the generator's down-sampling)")
-        if self.model.generator == "tissue_unet" and self.objective != "synth":
-            raise ValueError("model.generator tissue_unet needs objective synth (it learns from the renderings' "
-                             "class maps)")
         if self.objective == "synth":
             lo, hi = self.ct_range
             if not (lo < self.synth.hu_bands[0] and self.synth.hu_bands[-1] < hi):
