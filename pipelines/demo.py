@@ -46,6 +46,7 @@ from medgen.io.volume import Volume
 from medgen.io.writers import write_volume
 from medgen.metrics.image import mae, psnr, ssim
 from medgen.metrics.segmentation import per_label_scores
+from medgen.models.bundle import MEDGEN_JSON
 from medgen.models.segmenters import load_segmenter
 from medgen.pipelines.demo_report import build_report
 from medgen.pipelines.generate import generate
@@ -308,7 +309,7 @@ def segment_test_mrs(out_dir: Path, cfg: DemoConfig, phantoms: dict, segmenter_d
     if synth_segmenter_dir:
         methods["direct"] = ("none", synth_segmenter_dir)
         painted = Path(synth_segmenter_dir) / "translator"  # exported when it learnt every tissue (synth.target)
-        if (painted / "medgen.json").exists():
+        if (painted / MEDGEN_JSON).exists():
             methods["painted"] = (str(painted), segmenter_dir)
     for baseline in cfg.baselines:
         methods[baseline] = (baseline, segmenter_dir)

@@ -80,7 +80,7 @@ def train_segmenter(
 
     if labels:
         pairs = pair_inputs(collect_inputs(images), collect_inputs(labels))
-    elif config.synth.enabled and config.synth.target == "classes":
+    elif config.synth.learns_classes:
         pairs = [(image, None) for image in collect_inputs(images)]  # HU tissue bands only
     else:
         raise InputError("no label maps given", path="--labels",
@@ -109,20 +109,20 @@ def train_segmenter(
     quantiles: list[np.ndarray] = []  # body HU quantiles of the real training CTs (histogram baseline)
     synth = config.synth
     bands = synth.hu_bands if synth.enabled else None
-    target = synth.target if synth.enabled else "labels"
+    target = "classes" if synth.learns_classes else "labels"
+    class_bands = bands if synth.learns_classes else None  # every case's target needs its bands
     names = training_label_names(plan, synth)
     cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, hu_bands=bands, target=target)
     painting = class_mean_hu(cases)  # mean HU per class of the real training CTs (tissue translator)
     # validation scores the same classes the network learns
-    val_cases = _prepare_cases(val_pairs, spec, plan, hu_bands=bands if target == "classes" else None, target=target)
+    val_cases = _prepare_cases(val_pairs, spec, plan, hu_bands=class_bands, target=target)
     if not cases:
         raise InputError("no training cases", path="--images")
     if not val_cases and config.data.val_cases > 0:
         if config.data.val_cases >= len(cases):
             raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
         val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
-    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True, hu_bands=bands if target == "classes" else None,
-                            target=target)
+    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True, hu_bands=class_bands, target=target)
     for case in cases:
         present = sorted(int(c) for c in np.unique(case.label) if c)
         log.info("case %s%s: grid %s, classes %s", case.case_id, " (synthetic)" * case.synthetic, case.image.shape,
@@ -170,7 +170,7 @@ def train_segmenter(
             uri = tracker.log_bundle(bundle_dir, config.export.registered_name)
             if uri:
                 log.info("registered %s", uri)
-            if target == "classes":  # it knows every voxel's tissue: also a tissue-painting translator
+            if synth.learns_classes:  # it knows every voxel's tissue: also a tissue-painting translator
                 translator_dir = export_tissue_translator(bundle_dir, output / "translator")
                 uri = tracker.log_bundle(translator_dir, config.export.registered_name + "-translator",
                                          artifact_path="translator")

@@ -120,6 +120,11 @@ class SynthConfig(StrictModel):
     scale: list[float] = [0.85, 1.15]
     elastic_vox: float = Field(2.0, ge=0.0)
 
+    @property
+    def learns_classes(self) -> bool:
+        """The network learns the whole render class map (renderings on, ``target: classes``)."""
+        return self.enabled and self.target == "classes"
+
 
 class TrainConfig(StrictModel):
     steps: PositiveInt = 2000
@@ -156,7 +161,7 @@ class SegmenterConfig(StrictModel):
     @model_validator(mode="after")
     def _tissue_translator_exportable(self):
         """``synth.target: classes`` exports a tissue-painting translator: refuse what cannot be one, before training."""
-        if self.synth.enabled and self.synth.target == "classes":
+        if self.synth.learns_classes:
             if self.network.name != "unet":
                 raise ValueError("synth.target classes needs network.name unet (its export as a translator wraps a "
                                  "MONAI UNet)")
@@ -297,7 +302,7 @@ def training_label_names(plan: LabelPlan, synth: SynthConfig) -> dict[int, str]:
         {0: 'background', 1: 'liver', 2: 'tissue_hu_below_-500', 3: 'tissue_hu_-500_to_100', 4: 'tissue_hu_above_100'}
     """
     names = dict(plan.names)
-    if synth.enabled and synth.target == "classes":
+    if synth.learns_classes:
         first = len(plan.names)  # render_classes numbers band b as n_label_ids + b
         names.update({first + b: f"tissue_{name}" for b, name in enumerate(tissue_band_names(synth.hu_bands))})
     return names
@@ -309,15 +314,14 @@ def class_mean_hu(cases: list[PreparedCase]) -> dict[int, float]:
     The painting values of a tissue-painting translator (:mod:`medgen.models.tissue_translator`):
     each class the segmenter decides becomes its mean training-CT HU.
     """
-    sums = [c.hu_sums for c in cases if c.hu_sums is not None]
-    if not sums:
+    measured = [c for c in cases if c.hu_sums is not None]
+    if not measured:
         return {}
-    size = max(len(s) for s in sums)
+    size = max(len(c.hu_sums) for c in measured)
     total, count = np.zeros(size), np.zeros(size)
-    for c in cases:
-        if c.hu_sums is not None:
-            total[:len(c.hu_sums)] += c.hu_sums
-            count[:len(c.hu_counts)] += c.hu_counts
+    for c in measured:
+        total[:len(c.hu_sums)] += c.hu_sums
+        count[:len(c.hu_counts)] += c.hu_counts
     return {k: round(float(total[k] / count[k]), 2) for k in range(size) if count[k] > 0}
 
 
@@ -562,7 +566,7 @@ class SegmenterTask:
                                smooth_dr=1e-5)
         self.gen = torch.Generator().manual_seed(seed + 1000 * distributed.rank())
         synth = config.synth
-        learns_classes = synth.enabled and synth.target == "classes"
+        learns_classes = synth.learns_classes
         # the darkest HU band: render_classes numbers the bands after the label ids
         air_class = self.n_classes - (len(synth.hu_bands) + 1) if learns_classes else self.n_classes
         self.renderer = RandContrastRender(config.data.spacing or (1.0, 1.0, 1.0), synth.render,
