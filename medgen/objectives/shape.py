@@ -110,7 +110,10 @@ class TranslatorSpaceSegmenter(nn.Module):
             pads += [extra // 2, extra - extra // 2]
         if any(pads):
             x = F.pad(x, pads, mode="replicate")
-        out = self.network(x)
+        # fp32 even under bf16 autocast: the frozen segmenter is a loss network, and run in bf16 it turned the
+        # CycleGAN translator's loss NaN within a few steps (the full demo on a CPU with bf16 instructions)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self.network(x.float())
         out = out[0] if isinstance(out, (list, tuple)) else out
         if any(pads):
             index = [slice(None), slice(None)]

@@ -161,6 +161,25 @@ def test_translator_space_segmenter_rescales_window():
     assert seen["x"].shape[-1] == 4 and float(seen["x"].abs().max()) == 0.0
 
 
+def test_translator_space_segmenter_runs_in_fp32_under_bf16_autocast():
+    """The frozen segmenter is a loss network: bf16 autocast around the translator does not reach it."""
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            seen["dtype"] = x.dtype
+            return self.conv(x)
+
+    seg = TranslatorSpaceSegmenter(Probe(), segmenter_dims=3, ct_window=(-1000, 1000), size_multiple=4)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = seg(torch.zeros(1, 3, 8, 8, dtype=torch.bfloat16))
+    assert seen["dtype"] == torch.float32 and out.dtype == torch.float32
+
+
 def test_structure_losses_are_modality_independent_and_see_misalignment():
     torch.manual_seed(0)
     base = torch.zeros(1, 1, 32, 32)
