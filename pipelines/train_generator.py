@@ -22,11 +22,12 @@ from medgen.data.label_names import read_label_names
 from medgen.runtime import seed_everything
 from medgen.tracking import start_run, write_run_info
 from medgen.training.loop import LoopSettings, run_training
-from medgen.training.start import start_training
+from medgen.training.start import holds_run_folder, start_training
 
 log = logging.getLogger(__name__)
 
 
+@holds_run_folder("output", "medgen train generator")
 def train_generator(config: GeneratorConfig, *, images: list[str | Path], labels: list[str | Path],
                     output: str | Path, label_names: str | Path | dict | None = None, max_steps: int | None = None,
                     resume: bool = False, device: str = "auto", mlflow: bool = True) -> Path:

@@ -32,11 +32,12 @@ from medgen.models.tissue_translator import export_tissue_translator
 from medgen.runtime import seed_everything
 from medgen.tracking import start_run, write_run_info
 from medgen.training.loop import LoopSettings, run_training
-from medgen.training.start import start_training
+from medgen.training.start import holds_run_folder, start_training
 
 log = logging.getLogger(__name__)
 
 
+@holds_run_folder("output", "medgen train segmenter")
 def train_segmenter(
     config: SegmenterConfig,
     *,

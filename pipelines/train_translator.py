@@ -37,7 +37,7 @@ from medgen.progress import progress
 from medgen.runtime import resolve_precision, seed_everything
 from medgen.tracking import Tracker, start_run, write_run_info
 from medgen.training.loop import LoopSettings, read_history, run_training
-from medgen.training.start import start_training
+from medgen.training.start import holds_run_folder, start_training
 from medgen.training.synth_translator import SynthTranslatorTask, synth_classes
 from medgen.transforms.intensity import hu_to_unit, unit_to_hu
 from medgen.transforms.recipes import preprocess
@@ -247,6 +247,7 @@ def load_segmenter_for_shape(ref: str, config: TranslatorConfig):
     return TranslatorSpaceSegmenter.from_bundle(spec, ct_window=config.ct_window, spatial_dims=config.model.spatial_dims)
 
 
+@holds_run_folder("run_dir", "medgen train translator")
 def train_translator(config: TranslatorConfig, *, mr_inputs: list | None, ct_inputs: list, run_dir: str | Path,
                      max_steps: int | None = None, resume: bool = False, device: str = "auto",
                      val_mr: list | None = None, val_ct: list | None = None, mlflow: bool = True,

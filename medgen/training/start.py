@@ -1,23 +1,49 @@
-"""The start every training command shares: ``--max-steps``, the run folder, the device, torchrun.
+"""The start every training command shares: the run folder's claim, ``--max-steps``, the device, torchrun.
 
 ``train segmenter``, ``train generator`` and ``train translator`` begin the same way; this is that
-beginning, in one place, so an override is validated and a device is picked identically for all.
+beginning, in one place, so a run folder is claimed, an override is validated and a device is
+picked identically for all.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 import torch
 
 from medgen import distributed
 from medgen.config import with_value
+from medgen.io.outdir import claim_run_dir
 from medgen.runtime import resolve_device
 
-__all__ = ["start_training"]
+__all__ = ["start_training", "holds_run_folder"]
 
 C = TypeVar("C")
+F = TypeVar("F", bound=Callable)
+
+
+def holds_run_folder(argument: str, command: str) -> Callable[[F], F]:
+    """Decorate a training function so it runs holding its run folder (:func:`medgen.io.outdir.claim_run_dir`).
+
+    ``argument`` names the function's run-folder parameter. The claim (lock + run marker) is taken
+    before any work and released when the function returns or raises. Under torchrun only rank 0
+    claims: it alone writes the run folder, and the other ranks must not wait on its lock.
+    """
+    def decorate(train: F) -> F:
+        signature = inspect.signature(train)
+
+        @functools.wraps(train)
+        def claimed(*args, **kwargs):
+            if int(os.environ.get("RANK", "0")) != 0:
+                return train(*args, **kwargs)
+            with claim_run_dir(signature.bind(*args, **kwargs).arguments[argument], command=command):
+                return train(*args, **kwargs)
+        return claimed  # type: ignore[return-value]
+    return decorate
 
 
 def start_training(config: C, run_dir: str | Path, *, device: str = "auto",
