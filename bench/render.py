@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p = make_phantom(0, shape=(176, 144, 64), spacing=(2.0, 2.0, 3.0))
     plan = plan_labels(p.label_names, None)
     case = prepare_case("p0", Volume(p.ct, p.affine), Volume(p.labels, p.affine), input_spec(cfg), plan,
-                        hu_bands=cfg.synth.hu_bands)
+                        synth=cfg.synth)
     task = SegmenterTask(cfg, [case], [], plan.names, device=device, seed=0)
     render_ms = _times(lambda: task.rendered_patch(case, patch), args.repeats)
     step_ms = _times(lambda: task.train_step(0), max(3, args.repeats // 4), warmup=1)

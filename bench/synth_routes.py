@@ -92,7 +92,7 @@ def _tissue_translator(synth_run: Path, settings: dict, images, labels, names) -
         cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=settings["synth_overrides"])
         plan = plan_labels(names, None)
         cases = [prepare_case(str(i), read_volume(i), read_volume(lab, kind="label"), input_spec(cfg), plan,
-                              hu_bands=cfg.synth.hu_bands, target=cfg.synth.target) for i, lab in zip(images, labels)]
+                              synth=cfg.synth) for i, lab in zip(images, labels)]
         means = class_mean_hu(cases)
     return export_tissue_translator(synth_run, folder, means)
 

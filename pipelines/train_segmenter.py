@@ -109,21 +109,20 @@ def train_segmenter(
 
     quantiles: list[np.ndarray] = []  # body HU quantiles of the real training CTs (histogram baseline)
     synth = config.synth
-    bands = synth.hu_bands if synth.enabled else None
-    target = "classes" if synth.learns_classes else "labels"
-    class_bands = bands if synth.learns_classes else None  # every case's target needs its bands
+    rendered = synth if synth.enabled else None  # the real training CTs are rendered: they need classes
+    class_target = synth if synth.learns_classes else None  # every case's target needs its classes
     names = training_label_names(plan, synth)
-    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, hu_bands=bands, target=target)
+    cases = _prepare_cases(pairs, spec, plan, quantiles=quantiles, synth=rendered)
     painting = class_mean_hu(cases)  # mean HU per class of the real training CTs (tissue translator)
     # validation scores the same classes the network learns
-    val_cases = _prepare_cases(val_pairs, spec, plan, hu_bands=class_bands, target=target)
+    val_cases = _prepare_cases(val_pairs, spec, plan, synth=class_target)
     if not cases:
         raise InputError("no training cases", path="--images")
     if not val_cases and config.data.val_cases > 0:
         if config.data.val_cases >= len(cases):
             raise InputError(f"data.val_cases={config.data.val_cases} leaves no training case", path="--set")
         val_cases, cases = cases[-config.data.val_cases:], cases[:-config.data.val_cases]
-    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True, hu_bands=class_bands, target=target)
+    cases += _prepare_cases(synth_pairs, spec, plan, synthetic=True, synth=class_target)
     for case in cases:
         present = sorted(int(c) for c in np.unique(case.label) if c)
         log.info("case %s%s: grid %s, classes %s", case.case_id, " (synthetic)" * case.synthetic, case.image.shape,
@@ -182,13 +181,12 @@ def train_segmenter(
 
 
 def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
-                   quantiles: list[np.ndarray] | None = None, hu_bands: list[float] | None = None,
-                   target: str = "labels") -> list:
+                   quantiles: list[np.ndarray] | None = None, synth=None) -> list:
     """Read and prepare ``(image, label)`` case pairs.
 
     ``quantiles``, when given, collects each image's body HU quantiles while the raw image is in
     memory (only the real training CTs need them, for the histogram-matching baseline).
-    ``hu_bands`` (training on renderings) gives each case its rendering classes.
+    ``synth`` (a ``SynthConfig``: training on renderings) gives each case its rendering classes.
     """
     cases = []
     for img_case, lab_case in pairs:
@@ -196,7 +194,7 @@ def _prepare_cases(pairs: list[tuple], spec, plan, *, synthetic: bool = False,
         label = (read_volume(lab_case.path, kind="label") if lab_case is not None
                  else image.with_array(np.zeros(image.shape, np.uint8)))  # no labels: HU tissue bands only
         cases.append(prepare_case(img_case.case_id, image, label, spec, plan, synthetic=synthetic,
-                                  hu_bands=hu_bands, target=target))
+                                  synth=synth))
         if quantiles is not None:
             quantiles.append(body_quantiles(image.array))
         del image, label

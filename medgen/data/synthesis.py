@@ -35,6 +35,8 @@ class SynthesisConfig(StrictModel):
 
     #: HU edges of the tissue classes cut from the CT where it is unlabelled (with --ct)
     hu_bands: list[float] = list(DEFAULT_HU_BANDS)
+    #: median filter (voxels) on the CT before it is cut into bands (1 = off; see render_classes)
+    class_median: int = Field(3, ge=1)
     render: RenderConfig = RenderConfig()
     rotate_deg: float = Field(10.0, ge=0.0, le=180.0)
     scale: list[float] = [0.9, 1.1]
@@ -71,7 +73,7 @@ def render_volume(label: Volume | None, ct: Volume | None, config: SynthesisConf
     ref = label if label is not None else ct
     classes = render_classes(None if label is None else np.asarray(label.array),
                              None if ct is None else np.asarray(ct.array, np.float32),
-                             n_label_ids=n_label_ids, bands=config.hu_bands)
+                             n_label_ids=n_label_ids, bands=config.hu_bands, median=config.class_median)
     lab = np.zeros(ref.shape, np.int64) if label is None else np.asarray(label.array)
     gen = torch.Generator().manual_seed(int(seed))
     grid = random_grid(tuple(ref.shape), gen, WarpRanges(rotate_deg=config.rotate_deg, scale=tuple(config.scale),

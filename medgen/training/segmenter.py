@@ -109,6 +109,9 @@ class SynthConfig(StrictModel):
     warmup: float = Field(0.0, ge=0.0, lt=1.0)
     #: HU edges of the tissue classes cut from each CT for the unlabelled voxels
     hu_bands: list[float] = list(DEFAULT_HU_BANDS)
+    #: median filter (voxels) on the CT before it is cut into bands, so CT noise does not speckle a
+    #: tissue into two classes (1 = off; :func:`medgen.transforms.render.render_classes`)
+    class_median: int = Field(3, ge=1)
     #: what the network learns to predict: ``labels`` (the organ labels; background is one class)
     #: or ``classes`` (the whole render class map: organ labels, and the CT's HU tissue band wherever
     #: unlabelled, named ``tissue_<band>``). A ``classes`` model knows every voxel's tissue, so its run
@@ -343,23 +346,24 @@ def align_label(image: Volume, label: Volume) -> Volume:
 
 
 def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, plan: LabelPlan, *,
-                 synthetic: bool = False, hu_bands: list[float] | None = None,
-                 target: str = "labels") -> PreparedCase:
+                 synthetic: bool = False, synth: SynthConfig | None = None) -> PreparedCase:
     """Align, remap and bring a CT + label pair to the network's grid and intensity range.
 
-    With ``hu_bands`` (training on renderings) the case also carries its rendering classes: the
-    training labels, and the CT's tissue band (:func:`medgen.transforms.render.render_classes`)
-    wherever it is unlabelled, and the HU sum and count of every target class (for
-    :func:`class_mean_hu`). ``target="classes"`` makes the rendering classes the training target.
+    With ``synth`` (training on renderings) the case also carries its rendering classes: the
+    training labels, and the CT's tissue band (``synth.hu_bands``, cut after a
+    ``synth.class_median`` median filter: :func:`medgen.transforms.render.render_classes`) wherever
+    it is unlabelled, and the HU sum and count of every target class (for :func:`class_mean_hu`).
+    ``synth.target == "classes"`` makes the rendering classes the training target.
     """
     label = align_label(image, label)
     remapped = label.with_array(plan.apply(label.array, label.name))
     grid = NetworkSegmenter.prepare_grid(image, spec)
     lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
     case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic)
-    if hu_bands is not None:
-        case.classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=hu_bands)
-        if target == "classes":
+    if synth is not None:
+        case.classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=synth.hu_bands,
+                                      median=synth.class_median)
+        if synth.target == "classes":
             case.label = case.classes.astype(np.uint8)
         flat = case.label.reshape(-1).astype(np.int64)
         case.hu_sums = np.bincount(flat, weights=grid.array.reshape(-1).astype(np.float64))

@@ -57,17 +57,13 @@ def synth_classes(ct_volumes: list[np.ndarray], labels: list[np.ndarray | None],
     bands are cut from a median-filtered copy (``synth.class_median``), so that tissue is one
     coherent class instead of CT noise flipping voxels between neighbouring bands.
     """
-    from scipy import ndimage
-
     ids = [int(lab.max()) for lab in labels if lab is not None and lab.size]
     n_label_ids = max(ids) + 1 if ids else 0
-    size = config.synth.class_median
     classes = []
     for ct, lab in zip(ct_volumes, labels):
         hu = unit_to_hu(np.asarray(ct, np.float32), config.ct_window)
-        hu = ndimage.median_filter(hu, size=size) if size > 1 else hu
         classes.append(render_classes(lab if lab is not None and n_label_ids else None, hu, n_label_ids=n_label_ids,
-                                      bands=config.synth.hu_bands))
+                                      bands=config.synth.hu_bands, median=config.synth.class_median))
     return classes, (n_label_ids,)
 
 

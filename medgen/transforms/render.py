@@ -127,7 +127,8 @@ def tissue_band_names(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[str]:
     return [f"hu_below_{text[0]}"] + [f"hu_{a}_to_{b}" for a, b in zip(text, text[1:])] + [f"hu_above_{text[-1]}"]
 
 
-def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS):
+def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS,
+                   median: int = 1):
     """One class id per voxel: organ labels where labelled, tissue bands of the CT elsewhere.
 
     Args:
@@ -135,6 +136,9 @@ def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] 
         hu: the CT in HU on the same grid, or None (unlabelled voxels stay class 0).
         n_label_ids: number of label ids (max id + 1); band ``b`` becomes class ``n_label_ids + b``.
         bands: HU edges (:func:`tissue_classes`).
+        median: size (voxels) of a median filter applied to the CT before it is cut into bands
+            (1 = off): CT noise would otherwise speckle a tissue near a band edge into two classes,
+            which a rendering then draws as salt and pepper no MR shows.
 
     Returns:
         Integer array (NumPy int16) of classes ``0 .. n_label_ids + len(bands)``.
@@ -147,6 +151,9 @@ def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] 
         raise ValueError("need labels, a CT, or both")
     if hu is None:
         return np.asarray(labels).astype(np.int16)
+    if median > 1:
+        from scipy import ndimage
+        hu = ndimage.median_filter(np.asarray(hu, np.float32), size=median)
     tissue = tissue_classes(hu, bands).astype(np.int16) + n_label_ids
     if labels is None:
         return tissue

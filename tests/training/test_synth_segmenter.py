@@ -94,7 +94,7 @@ def test_curriculum_starts_on_the_ct_and_ends_on_renderings():
         synth={"enabled": True, "real_fraction": 0.0, "warmup": 0.5})
     plan = plan_labels(p.label_names, None)
     case = prepare_case("c", Volume(p.ct, p.affine), Volume(p.labels, p.affine), input_spec(config), plan,
-                        hu_bands=config.synth.hu_bands)
+                        synth=config.synth)
     task = SegmenterTask(config, [case], [], plan.names, device=torch.device("cpu"), seed=0)
     ct_values = torch.from_numpy(np.unique(np.append(case.image.astype(np.float32), -1.0)))  # -1: padding
 

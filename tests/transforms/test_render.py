@@ -119,3 +119,23 @@ def test_bad_ranges_are_refused():
         RenderConfig(slice_mm=[8.0, 1.0])
     with pytest.raises(ValueError, match="spacing"):
         RandContrastRender((1.0, 0.0, 1.0))
+
+
+def test_the_class_median_keeps_ct_noise_from_speckling_a_tissue_into_two_bands():
+    """A 3-voxel median before banding: a noisy tissue near a band edge is one class, labels stay."""
+    rng = np.random.default_rng(0)
+    hu = np.full((12, 12, 12), 60.0, np.float32)  # soft tissue (20..100 HU band)
+    hu[:, :, :6] = -100.0  # and a fat block beside it
+    speckled = rng.random(hu.shape) < 0.1
+    hu[speckled & (hu > 0)] = 10.0  # noise voxels that fall into the fluid band (-30..20)
+    labels = np.zeros(hu.shape, np.int16)
+    labels[0, 0, 0] = 1  # a labelled voxel keeps its label whatever the CT says
+    raw = render_classes(labels, hu, n_label_ids=2)
+    smooth = render_classes(labels, hu, n_label_ids=2, median=3)
+    fluid, soft, fat = 2 + 3, 2 + 4, 2 + 2
+    assert (raw == fluid).sum() > 50  # without the filter the tissue is speckled
+    interior = np.s_[1:-1, 1:-1, 7:-1]
+    assert (smooth[interior] == soft).all()
+    assert (smooth[1:-1, 1:-1, 1:5] == fat).all()
+    assert smooth[0, 0, 0] == 1 and raw[0, 0, 0] == 1
+    assert (render_classes(labels, hu, n_label_ids=2, median=1) == raw).all()
