@@ -34,7 +34,9 @@ log = logging.getLogger("bench.synth_routes")
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "vertebrae", "aorta", "muscle", "fat")
 COMMON = ["data.spacing=[4.0,4.0,6.0]", "data.patch_size=[48,48,32]", "network.channels=[8,16,32,64]",
           "train.precision=fp32", "train.validate_every=200", "train.checkpoint_every=200", "train.log_every=50"]
-FULL = {"shape": (88, 72, 32), "spacing": (4.0, 4.0, 6.0), "n_train": 6, "n_test": 3, "seg_steps": 600,
+#: the CT segmenter trains ``segmenter/ct_unet``'s default length (2000 steps): the chain's upper bound is
+#: then a CT segmenter trained as a user's would be (session 13's table used 600: ``--seg-steps 600``)
+FULL = {"shape": (88, 72, 32), "spacing": (4.0, 4.0, 6.0), "n_train": 6, "n_test": 3, "seg_steps": 2000,
         "synth_steps": 12000, "seg_overrides": COMMON + ["train.lr=0.005"], "synth_overrides": COMMON + ["train.lr=0.005"]}
 QUICK = {"shape": (48, 48, 24), "spacing": (4.0, 4.0, 6.0), "n_train": 3, "n_test": 1, "seg_steps": 120,
          "synth_steps": 160,
