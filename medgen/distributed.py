@@ -18,6 +18,11 @@ def is_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun launched it (``RANK``), readable before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: torch.device) -> None:
     """Initialise the process group once, when launched by torchrun."""
     if is_distributed() and not dist.is_initialized():

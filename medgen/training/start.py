@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -38,7 +37,7 @@ def holds_run_folder(argument: str, command: str) -> Callable[[F], F]:
 
         @functools.wraps(train)
         def claimed(*args, **kwargs):
-            if int(os.environ.get("RANK", "0")) != 0:
+            if distributed.launch_rank() != 0:
                 return train(*args, **kwargs)
             with claim_run_dir(signature.bind(*args, **kwargs).arguments[argument], command=command):
                 return train(*args, **kwargs)
