@@ -112,6 +112,11 @@ class SynthConfig(StrictModel):
     #: median filter (voxels) on the CT before it is cut into bands, so CT noise does not speckle a
     #: tissue into two classes (1 = off; :func:`medgen.transforms.render.render_classes`)
     class_median: int = Field(3, ge=1)
+    #: structures of the label maps that the network is not trained on (left out by ``--include``:
+    #: bowel, lungs, muscles, ...): ``own_class`` draws each with its own random contrast, as each
+    #: has its own in MR (SynthSeg's *generation labels*: more classes to render than to segment);
+    #: ``hu_bands`` treats them as unlabelled tissue (the CT's HU band)
+    other_structures: Literal["own_class", "hu_bands"] = "own_class"
     #: what the network learns to predict: ``labels`` (the organ labels; background is one class)
     #: or ``classes`` (the whole render class map: organ labels, and the CT's HU tissue band wherever
     #: unlabelled, named ``tissue_<band>``). A ``classes`` model knows every voxel's tissue, so its run
@@ -246,6 +251,22 @@ class LabelPlan:
                              fix="pass --label-names with a name for every id in the label maps")
         return self.lut[labels.astype(np.int64)].astype(np.uint8)
 
+    def untrained(self, labels: np.ndarray) -> np.ndarray:
+        """The named structures of ``labels`` that the plan leaves out, numbered ``1..K`` (0 elsewhere).
+
+        The numbering follows the source ids, so it is the same in every case of a label-name file.
+        Call after :meth:`apply` (which checks the ids).
+
+        Examples:
+            >>> plan = plan_labels({0: "background", 1: "liver", 2: "colon", 3: "lung"}, ["liver"])
+            >>> plan.untrained(np.array([0, 1, 2, 3])).tolist()
+            [0, 0, 1, 2]
+        """
+        left_out = [k for k in sorted(self.source_names) if k != 0 and k < len(self.lut) and self.lut[k] == 0]
+        table = np.zeros(len(self.lut), np.uint16)
+        table[left_out] = np.arange(1, len(left_out) + 1)
+        return table[labels.astype(np.int64)]
+
 
 def plan_labels(source_names: dict[int, str], include: list[str] | None) -> LabelPlan:
     """Keep every named label, or only ``include`` (names, ``glob`` patterns, ``new=pattern|pattern``).
@@ -350,10 +371,11 @@ def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, pl
     """Align, remap and bring a CT + label pair to the network's grid and intensity range.
 
     With ``synth`` (training on renderings) the case also carries its rendering classes: the
-    training labels, and the CT's tissue band (``synth.hu_bands``, cut after a
+    training labels, the structures left out of them as classes of their own
+    (``synth.other_structures``), and the CT's tissue band (``synth.hu_bands``, cut after a
     ``synth.class_median`` median filter: :func:`medgen.transforms.render.render_classes`) wherever
     it is unlabelled, and the HU sum and count of every target class (for :func:`class_mean_hu`).
-    ``synth.target == "classes"`` makes the rendering classes the training target.
+    ``synth.target == "classes"`` makes the organ labels and tissue bands the training target.
     """
     label = align_label(image, label)
     remapped = label.with_array(plan.apply(label.array, label.name))
@@ -361,10 +383,15 @@ def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, pl
     lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
     case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic)
     if synth is not None:
-        case.classes = render_classes(lab, grid.array, n_label_ids=len(plan.names), bands=synth.hu_bands,
-                                      median=synth.class_median)
-        if synth.target == "classes":
-            case.label = case.classes.astype(np.uint8)
+        banding = {"n_label_ids": len(plan.names), "bands": synth.hu_bands, "median": synth.class_median}
+        others = None
+        if synth.other_structures == "own_class":
+            others = resample_like(label.with_array(plan.untrained(label.array)), grid, order=0).array
+            others = others if others.any() else None
+        case.classes = render_classes(lab, grid.array, structures=others, **banding)
+        if synth.target == "classes":  # organ labels and tissue bands: a left-out structure is its band
+            target = case.classes if others is None else render_classes(lab, grid.array, **banding)
+            case.label = target.astype(np.uint8)
         flat = case.label.reshape(-1).astype(np.int64)
         case.hu_sums = np.bincount(flat, weights=grid.array.reshape(-1).astype(np.float64))
         case.hu_counts = np.bincount(flat).astype(np.float64)

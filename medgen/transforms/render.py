@@ -128,7 +128,7 @@ def tissue_band_names(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[str]:
 
 
 def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS,
-                   median: int = 1):
+                   median: int = 1, structures=None):
     """One class id per voxel: organ labels where labelled, tissue bands of the CT elsewhere.
 
     Args:
@@ -139,26 +139,52 @@ def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] 
         median: size (voxels) of a median filter applied to the CT before it is cut into bands
             (1 = off): CT noise would otherwise speckle a tissue near a band edge into two classes,
             which a rendering then draws as salt and pepper no MR shows.
+        structures: optional integer map (ids ``1..K``, 0 = none) of further structures that are
+            not in ``labels`` (not trained on) but are drawn with their own contrast, as they have
+            in MR (bowel, lungs, muscles: SynthSeg's *generation labels*): structure ``k`` becomes
+            class ``n_label_ids + len(bands) + k`` where ``labels`` is 0. With ``hu``, a structure
+            whose mean HU lies below the first band edge (air-filled: lungs, bowel gas) keeps its
+            tissue band, so it renders as air does.
 
     Returns:
-        Integer array (NumPy int16) of classes ``0 .. n_label_ids + len(bands)``.
+        Integer array (NumPy int16) of classes ``0 .. n_label_ids + len(bands) (+ K)``.
 
     Examples:
         >>> render_classes(np.array([0, 1, 0]), np.array([-1000.0, 50.0, 40.0]), n_label_ids=2).tolist()
         [2, 1, 6]
+        >>> render_classes(np.array([0, 1, 0, 0]), np.array([-900.0, 50.0, 40.0, 40.0]), n_label_ids=2,
+        ...                bands=[-500, 100], structures=np.array([2, 0, 1, 0])).tolist()
+        [2, 1, 5, 3]
     """
     if labels is None and hu is None:
         raise ValueError("need labels, a CT, or both")
     if hu is None:
-        return np.asarray(labels).astype(np.int16)
+        out = np.zeros(np.shape(structures), np.int16) if labels is None else np.asarray(labels).astype(np.int16)
+        return _with_structures(out, structures, n_label_ids + len(bands), None, bands)
     if median > 1:
         from scipy import ndimage
         hu = ndimage.median_filter(np.asarray(hu, np.float32), size=median)
     tissue = tissue_classes(hu, bands).astype(np.int16) + n_label_ids
-    if labels is None:
-        return tissue
-    labels = np.asarray(labels)
-    return np.where(labels > 0, labels, tissue).astype(np.int16)
+    out = tissue if labels is None else np.where(np.asarray(labels) > 0, labels, tissue).astype(np.int16)
+    return _with_structures(out, structures, n_label_ids + len(bands), hu, bands)
+
+
+def _with_structures(classes: np.ndarray, structures, first: int, hu, bands: Sequence[float]) -> np.ndarray:
+    """``classes`` with each non-air structure of ``structures`` as class ``first + k`` where unlabelled."""
+    if structures is None:
+        return classes
+    structures = np.asarray(structures).astype(np.int64)
+    unlabelled = classes >= first - len(bands) if hu is not None else classes == 0  # a tissue band, or nothing
+    free = (structures > 0) & unlabelled
+    if hu is not None:  # air-filled structures keep their (air) band
+        counts = np.bincount(structures[free], minlength=1)
+        sums = np.bincount(structures[free], weights=np.asarray(hu, np.float64)[free], minlength=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            airy = np.flatnonzero((counts > 0) & (sums / np.maximum(counts, 1) < float(bands[0])))
+        free &= ~np.isin(structures, airy)
+    out = classes.copy()
+    out[free] = (first + structures[free]).astype(np.int16)
+    return out
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:

@@ -105,3 +105,28 @@ def test_curriculum_starts_on_the_ct_and_ends_on_renderings():
     assert share_of_ct_patches(1) == 1.0          # step 1: the real CT only
     assert share_of_ct_patches(100) == 0.0        # after the warm-up: renderings only (real_fraction 0)
     assert task.real_share(25) == pytest.approx(1 - 24 / 49)
+
+
+def test_structures_left_out_by_include_are_rendered_but_not_trained():
+    """``--include`` keeps two phantom organs: the others are rendering classes of their own
+    (``synth.other_structures: own_class``), never targets; ``hu_bands`` folds them into the bands."""
+    from medgen.training.segmenter import SegmenterConfig, input_spec, plan_labels, prepare_case
+    p = make_phantom(5, shape=(48, 48, 24), spacing=(4.0, 4.0, 6.0))
+    kept = [p.label_names[1], p.label_names[2]]
+    plan = plan_labels(p.label_names, kept)
+    n_ids, n_bands = len(plan.names), 8
+
+    def case(**synth):
+        config = SegmenterConfig(data={"spacing": [4.0, 4.0, 6.0], "intensity": "percentile"},
+                                 synth={"enabled": True, **synth})
+        return prepare_case("c", Volume(p.ct, p.affine), Volume(p.labels, p.affine), input_spec(config), plan,
+                            synth=config.synth)
+
+    own, folded, classes_target = case(), case(other_structures="hu_bands"), case(target="classes")
+    left_out = (p.labels > 2) & (p.ct > -500)  # organs the plan drops (not air-filled)
+    assert set(np.unique(own.label)) <= set(range(n_ids))
+    assert (own.classes[left_out] >= n_ids + n_bands).all()
+    assert len(np.unique(own.classes[left_out])) == len(np.unique(p.labels[left_out]))
+    assert (folded.classes < n_ids + n_bands).all()
+    assert np.array_equal(own.label, folded.label)
+    assert np.array_equal(classes_target.label, folded.classes)  # the classes target holds no left-out ids

@@ -139,3 +139,29 @@ def test_the_class_median_keeps_ct_noise_from_speckling_a_tissue_into_two_bands(
     assert (smooth[1:-1, 1:-1, 1:5] == fat).all()
     assert smooth[0, 0, 0] == 1 and raw[0, 0, 0] == 1
     assert (render_classes(labels, hu, n_label_ids=2, median=1) == raw).all()
+
+
+def test_structures_left_out_of_the_target_render_as_classes_of_their_own_unless_air_filled():
+    """SynthSeg's generation labels: a left-out soft-tissue structure gets its own class (after the
+    bands), an air-filled one keeps its air band, trained labels and other voxels are unchanged."""
+    hu = np.full((10, 10, 10), 40.0, np.float32)  # soft tissue everywhere
+    hu[:, :, :3] = -900.0  # an air-filled slab
+    labels = np.zeros(hu.shape, np.int16)
+    labels[5:8, 5:8, 5:8] = 1
+    structures = np.zeros(hu.shape, np.int16)
+    structures[:, :, :3] = 2  # "lung": air-filled
+    structures[0:4, 0:4, 4:9] = 1  # "colon": soft tissue
+    structures[6, 6, 6] = 1  # overlaps a trained label: the label wins
+    n_ids, bands = 2, [-500.0, 100.0]
+    plain = render_classes(labels, hu, n_label_ids=n_ids, bands=bands)
+    with_others = render_classes(labels, hu, n_label_ids=n_ids, bands=bands, structures=structures)
+    first = n_ids + len(bands)
+    assert (with_others[0:4, 0:4, 4:9] == first + 1).all()
+    assert (with_others[:, :, :3] == plain[:, :, :3]).all() and (plain[:, :, :3] == n_ids + 0).all()
+    rest = np.ones(hu.shape, bool)
+    rest[0:4, 0:4, 4:9] = False
+    assert (with_others[rest] == plain[rest]).all()
+    assert (with_others[labels > 0] == 1).all()
+    # without a CT the structures fill the unlabelled voxels (nothing is known to be air)
+    no_ct = render_classes(labels, None, n_label_ids=n_ids, bands=bands, structures=structures)
+    assert (no_ct[:, :, :3] == first + 2).all() and (no_ct[labels > 0] == 1).all()
