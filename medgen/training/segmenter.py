@@ -45,8 +45,8 @@ from medgen.runtime import autocast
 from medgen import distributed
 from medgen.data.synthesis import warp_and_render
 from medgen.transforms.random_warp import WarpRanges, random_grid
-from medgen.transforms.render import (DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, gaussian_blur, render_classes,
-                                     tissue_band_names)
+from medgen.transforms.render import (DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, add_structures, gaussian_blur,
+                                     median_smoothed, render_classes, tissue_band_names)
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class LabelPlan:
             >>> plan.untrained(np.array([0, 1, 2, 3])).tolist()
             [0, 0, 1, 2]
         """
-        left_out = [k for k in sorted(self.source_names) if k != 0 and k < len(self.lut) and self.lut[k] == 0]
+        left_out = [k for k in sorted(self.source_names) if k != 0 and self.lut[k] == 0]
         table = np.zeros(len(self.lut), np.uint16)
         table[left_out] = np.arange(1, len(left_out) + 1)
         return table[labels.astype(np.int64)]
@@ -383,15 +383,16 @@ def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, pl
     lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
     case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic)
     if synth is not None:
-        banding = {"n_label_ids": len(plan.names), "bands": synth.hu_bands, "median": synth.class_median}
-        others = None
+        hu = median_smoothed(grid.array, synth.class_median)
+        banding = {"n_label_ids": len(plan.names), "bands": synth.hu_bands}
+        tissue = render_classes(lab, hu, **banding)
+        case.classes = tissue
         if synth.other_structures == "own_class":
             others = resample_like(label.with_array(plan.untrained(label.array)), grid, order=0).array
-            others = others if others.any() else None
-        case.classes = render_classes(lab, grid.array, structures=others, **banding)
+            if others.any():
+                case.classes = add_structures(tissue, others, hu=hu, **banding)
         if synth.target == "classes":  # organ labels and tissue bands: a left-out structure is its band
-            target = case.classes if others is None else render_classes(lab, grid.array, **banding)
-            case.label = target.astype(np.uint8)
+            case.label = tissue.astype(np.uint8)
         flat = case.label.reshape(-1).astype(np.int64)
         case.hu_sums = np.bincount(flat, weights=grid.array.reshape(-1).astype(np.float64))
         case.hu_counts = np.bincount(flat).astype(np.float64)

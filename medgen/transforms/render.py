@@ -53,7 +53,8 @@ from pydantic import Field, model_validator
 from medgen.config import StrictModel
 
 __all__ = ["DEFAULT_HU_BANDS", "TISSUE_NAMES", "RenderConfig", "RandContrastRender", "RandContrastRenderd",
-           "tissue_classes", "tissue_band_names", "render_classes", "gaussian_blur"]
+           "tissue_classes", "tissue_band_names", "render_classes", "median_smoothed", "add_structures",
+           "gaussian_blur"]
 
 #: HU edges of the tissue classes cut from a CT (``tissue_classes``): each voxel falls in one band.
 DEFAULT_HU_BANDS: tuple[float, ...] = (-500.0, -200.0, -30.0, 20.0, 100.0, 200.0, 500.0)
@@ -128,7 +129,7 @@ def tissue_band_names(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[str]:
 
 
 def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS,
-                   median: int = 1, structures=None):
+                   median: int = 1):
     """One class id per voxel: organ labels where labelled, tissue bands of the CT elsewhere.
 
     Args:
@@ -137,53 +138,64 @@ def render_classes(labels, hu=None, *, n_label_ids: int, bands: Sequence[float] 
         n_label_ids: number of label ids (max id + 1); band ``b`` becomes class ``n_label_ids + b``.
         bands: HU edges (:func:`tissue_classes`).
         median: size (voxels) of a median filter applied to the CT before it is cut into bands
-            (1 = off): CT noise would otherwise speckle a tissue near a band edge into two classes,
-            which a rendering then draws as salt and pepper no MR shows.
-        structures: optional integer map (ids ``1..K``, 0 = none) of further structures that are
-            not in ``labels`` (not trained on) but are drawn with their own contrast, as they have
-            in MR (bowel, lungs, muscles: SynthSeg's *generation labels*): structure ``k`` becomes
-            class ``n_label_ids + len(bands) + k`` where ``labels`` is 0. With ``hu``, a structure
-            whose mean HU lies below the first band edge (air-filled: lungs, bowel gas) keeps its
-            tissue band, so it renders as air does.
+            (:func:`median_smoothed`; 1 = off).
 
     Returns:
-        Integer array (NumPy int16) of classes ``0 .. n_label_ids + len(bands) (+ K)``.
+        Integer array (NumPy int16) of classes ``0 .. n_label_ids + len(bands)``.
 
     Examples:
         >>> render_classes(np.array([0, 1, 0]), np.array([-1000.0, 50.0, 40.0]), n_label_ids=2).tolist()
         [2, 1, 6]
-        >>> render_classes(np.array([0, 1, 0, 0]), np.array([-900.0, 50.0, 40.0, 40.0]), n_label_ids=2,
-        ...                bands=[-500, 100], structures=np.array([2, 0, 1, 0])).tolist()
-        [2, 1, 5, 3]
     """
     if labels is None and hu is None:
         raise ValueError("need labels, a CT, or both")
     if hu is None:
-        out = np.zeros(np.shape(structures), np.int16) if labels is None else np.asarray(labels).astype(np.int16)
-        return _with_structures(out, structures, n_label_ids + len(bands), None, bands)
-    if median > 1:
-        from scipy import ndimage
-        hu = ndimage.median_filter(np.asarray(hu, np.float32), size=median)
-    tissue = tissue_classes(hu, bands).astype(np.int16) + n_label_ids
-    out = tissue if labels is None else np.where(np.asarray(labels) > 0, labels, tissue).astype(np.int16)
-    return _with_structures(out, structures, n_label_ids + len(bands), hu, bands)
+        return np.asarray(labels).astype(np.int16)
+    tissue = tissue_classes(median_smoothed(hu, median), bands).astype(np.int16) + n_label_ids
+    if labels is None:
+        return tissue
+    labels = np.asarray(labels)
+    return np.where(labels > 0, labels, tissue).astype(np.int16)
 
 
-def _with_structures(classes: np.ndarray, structures, first: int, hu, bands: Sequence[float]) -> np.ndarray:
-    """``classes`` with each non-air structure of ``structures`` as class ``first + k`` where unlabelled."""
-    if structures is None:
-        return classes
+def median_smoothed(hu, size: int):
+    """The CT after a ``size``-voxel median filter (``size`` 1: unchanged), as it is cut into bands.
+
+    CT noise would otherwise speckle a tissue near a band edge into two classes, which a rendering
+    then draws as salt and pepper no MR shows.
+    """
+    if size <= 1:
+        return hu
+    from scipy import ndimage
+    return ndimage.median_filter(np.asarray(hu, np.float32), size=size)
+
+
+def add_structures(classes: np.ndarray, structures, *, n_label_ids: int, bands: Sequence[float] = DEFAULT_HU_BANDS,
+                   hu=None) -> np.ndarray:
+    """A class map of :func:`render_classes` with further structures drawn as classes of their own.
+
+    ``structures`` (ids ``1..K``, 0 = none) are structures that are not trained on but have their
+    own contrast in MR (bowel, lungs, muscles: SynthSeg's *generation labels*): structure ``k``
+    becomes class ``n_label_ids + len(bands) + k`` wherever ``classes`` holds no label. With ``hu``
+    (the CT the bands were cut from, on the same grid), a structure whose mean HU lies below the
+    first band edge (air-filled: lungs, bowel gas) keeps its band, so it renders as air does.
+
+    Examples:
+        >>> hu = np.array([-900.0, 50.0, 40.0, 40.0])
+        >>> classes = render_classes(np.array([0, 1, 0, 0]), hu, n_label_ids=2, bands=[-500, 100])
+        >>> add_structures(classes, np.array([2, 0, 1, 0]), n_label_ids=2, bands=[-500, 100], hu=hu).tolist()
+        [2, 1, 5, 3]
+    """
     structures = np.asarray(structures).astype(np.int64)
-    unlabelled = classes >= first - len(bands) if hu is not None else classes == 0  # a tissue band, or nothing
+    unlabelled = classes >= n_label_ids if hu is not None else classes == 0  # a tissue band, or nothing
     free = (structures > 0) & unlabelled
     if hu is not None:  # air-filled structures keep their (air) band
         counts = np.bincount(structures[free], minlength=1)
         sums = np.bincount(structures[free], weights=np.asarray(hu, np.float64)[free], minlength=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            airy = np.flatnonzero((counts > 0) & (sums / np.maximum(counts, 1) < float(bands[0])))
+        airy = np.flatnonzero((counts > 0) & (sums / np.maximum(counts, 1) < float(bands[0])))
         free &= ~np.isin(structures, airy)
     out = classes.copy()
-    out[free] = (first + structures[free]).astype(np.int16)
+    out[free] = (n_label_ids + len(bands) + structures[free]).astype(np.int16)
     return out
 
 

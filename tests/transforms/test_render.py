@@ -8,8 +8,8 @@ import torch
 
 from medgen.data.phantoms import make_phantom
 from medgen.transforms.random_warp import WarpRanges, identity_grid, random_grid, warp_nearest
-from medgen.transforms.render import (RandContrastRender, RandContrastRenderd, RenderConfig, render_classes,
-                                      tissue_classes)
+from medgen.transforms.render import (RandContrastRender, RandContrastRenderd, RenderConfig, add_structures,
+                                      render_classes, tissue_classes)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_structures_left_out_of_the_target_render_as_classes_of_their_own_unless
     structures[6, 6, 6] = 1  # overlaps a trained label: the label wins
     n_ids, bands = 2, [-500.0, 100.0]
     plain = render_classes(labels, hu, n_label_ids=n_ids, bands=bands)
-    with_others = render_classes(labels, hu, n_label_ids=n_ids, bands=bands, structures=structures)
+    with_others = add_structures(plain, structures, n_label_ids=n_ids, bands=bands, hu=hu)
     first = n_ids + len(bands)
     assert (with_others[0:4, 0:4, 4:9] == first + 1).all()
     assert (with_others[:, :, :3] == plain[:, :, :3]).all() and (plain[:, :, :3] == n_ids + 0).all()
@@ -163,5 +163,6 @@ def test_structures_left_out_of_the_target_render_as_classes_of_their_own_unless
     assert (with_others[rest] == plain[rest]).all()
     assert (with_others[labels > 0] == 1).all()
     # without a CT the structures fill the unlabelled voxels (nothing is known to be air)
-    no_ct = render_classes(labels, None, n_label_ids=n_ids, bands=bands, structures=structures)
+    no_ct = add_structures(render_classes(labels, None, n_label_ids=n_ids, bands=bands), structures,
+                           n_label_ids=n_ids, bands=bands)
     assert (no_ct[:, :, :3] == first + 2).all() and (no_ct[labels > 0] == 1).all()
