@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from medgen.data.sampling import VolumeSampler, _crop_padded
 from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
-from medgen.transforms.render import RandContrastRender, RenderConfig
+from medgen.transforms.render import RandContrastRender, RenderConfig, cortical_bands
 from medgen.data.mr_physics import physics_means
 
 __all__ = ["SynthPair", "SynthPairSampler"]
@@ -76,7 +76,9 @@ class SynthPairSampler(VolumeSampler):
         masks: body masks (default: computed from the CTs).
         spacing: voxel size in mm (the renderer expresses blur and resolution in mm).
         render: the renderer's parameter ranges.
-        dark_classes: class ids rendered dark most of the time (air).
+        dark_classes: class ids rendered dark most of the time (air); the first is the darkest HU
+            band's, and with ``hu_bands`` the cortical-bone band after it renders dark as often as
+            ``render.bone_dark_prob`` says.
         margin: voxels rendered around each sample on each side, per axis (x, y, z).
         device: where rendering runs (the class blocks are moved there; outputs come back to CPU).
         **kwargs: :class:`VolumeSampler` options (``spatial_dims``, ``patch_size``, ``context``,
@@ -103,11 +105,13 @@ class SynthPairSampler(VolumeSampler):
             raise ValueError(f"margin needs 3 non-negative voxel counts, got {margin}")
         self.margin = tuple(int(m) for m in margin)
         self.device = torch.device(device)
-        self.renderer = RandContrastRender(spacing, render, dark_classes=dark_classes)
+        # the class of air: what lies outside the CT (the renderer renders it dark); the band
+        # classes are numbered from it on, so cortical bone's band is air's class + its band index
+        self.fill_class = int(dark_classes[0]) if len(dark_classes) else 0
+        void = [self.fill_class + b for b in cortical_bands(hu_bands)] if hu_bands is not None and dark_classes else []
+        self.renderer = RandContrastRender(spacing, render, dark_classes=dark_classes, void_classes=void)
         # classes inside each case's body set the rendering's output scale (as the whole scan would)
         self.present = [sorted(int(k) for k in np.unique(c[m])) or [0] for c, m in zip(self.classes, self.masks)]
-        # the class of air: what lies outside the CT (the renderer renders it dark)
-        self.fill_class = int(dark_classes[0]) if len(dark_classes) else 0
         # the physical contrast prior (medgen.data.mr_physics) for the HU-band classes, drawn for
         # a share of the samples; the band classes are numbered from the air class on
         if physics_prob > 0 and hu_bands is None:

@@ -25,7 +25,7 @@ from pydantic import Field
 from medgen.config import StrictModel
 from medgen.io.volume import Volume
 from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
-from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
+from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, cortical_bands, render_classes
 
 __all__ = ["SynthesisConfig", "render_volume", "warp_and_render"]
 
@@ -79,7 +79,8 @@ def render_volume(label: Volume | None, ct: Volume | None, config: SynthesisConf
     grid = random_grid(tuple(ref.shape), gen, WarpRanges(rotate_deg=config.rotate_deg, scale=tuple(config.scale),
                                                           elastic_vox=config.elastic_vox))
     air = n_label_ids if ct is not None else 0
-    renderer = RandContrastRender(ref.spacing, config.render, dark_classes=[air])
+    bone = [n_label_ids + b for b in cortical_bands(config.hu_bands)] if ct is not None else []
+    renderer = RandContrastRender(ref.spacing, config.render, dark_classes=[air], void_classes=bone)
     image, warped_label = warp_and_render(classes, lab, grid, renderer, gen)
     image = image.numpy().astype(np.float32)
     out_label = warped_label.numpy().astype(np.uint8 if n_label_ids <= 256 else np.uint16)

@@ -10,7 +10,9 @@ The generative model of one rendering, in order:
 
 1. per-class intensity: a Gaussian mixture whose means are uniform in [0, 1] *in any order*
    (classes named in ``dark_classes``, i.e. air, are dark with probability
-   ``RenderConfig.dark_prob``: MR has no signal in air), each class with its own spread;
+   ``RenderConfig.dark_prob``: MR has no signal in air; classes named in ``void_classes``, i.e.
+   cortical bone, with ``RenderConfig.bone_dark_prob``: its very short T2* leaves it without
+   signal in conventional sequences), each class with its own spread;
 2. partial-volume blur (isotropic Gaussian, ``blur_mm``);
 3. acquisition geometry: a random slice axis and slice thickness (``slice_mm``, 1-8 mm: thick
    clinical slices) and a random in-plane resolution (``inplane_mm``): anisotropic blur with the
@@ -52,7 +54,7 @@ from pydantic import Field, model_validator
 
 from medgen.config import StrictModel
 
-__all__ = ["DEFAULT_HU_BANDS", "TISSUE_NAMES", "RenderConfig", "RandContrastRender", "RandContrastRenderd",
+__all__ = ["CORTICAL_HU", "DEFAULT_HU_BANDS", "TISSUE_NAMES", "RenderConfig", "cortical_bands", "RandContrastRender", "RandContrastRenderd",
            "tissue_classes", "tissue_band_names", "render_classes", "median_smoothed", "add_structures",
            "gaussian_blur"]
 
@@ -61,6 +63,8 @@ DEFAULT_HU_BANDS: tuple[float, ...] = (-500.0, -200.0, -30.0, 20.0, 100.0, 200.0
 #: Names of the bands of :data:`DEFAULT_HU_BANDS`, darkest first.
 TISSUE_NAMES: tuple[str, ...] = ("air_lung", "low_density", "fat", "fluid", "soft_tissue", "dense_soft_tissue",
                                  "trabecular_bone", "cortical_bone")
+#: HU from which bone is compact (cortical): trabecular bone with its marrow lies below, ~150-400 HU.
+CORTICAL_HU = 400.0
 
 
 class RenderConfig(StrictModel):
@@ -71,6 +75,9 @@ class RenderConfig(StrictModel):
     dark_prob: float = Field(0.8, ge=0.0, le=1.0, description="chance that an air class is dark (mean in "
                                                                "[0, dark_max]) rather than random")
     dark_max: float = Field(0.1, ge=0.0, le=1.0)
+    bone_dark_prob: float = Field(0.8, ge=0.0, le=1.0, description=(
+        "chance that cortical bone is dark like air: it has almost no signal in conventional MR (T2* of "
+        "a millisecond or less); otherwise random, as in UTE/ZTE or CT-like contrasts"))
     blur_mm: list[float] = Field([0.0, 1.5], description="partial-volume blur, Gaussian sigma in mm")
     slice_mm: list[float] = Field([1.0, 8.0], description="slice thickness range (mm) of the simulated acquisition")
     inplane_mm: list[float] = Field([0.8, 2.5], description="in-plane resolution range (mm)")
@@ -112,6 +119,17 @@ def tissue_classes(hu, bands: Sequence[float] = DEFAULT_HU_BANDS):
     if isinstance(hu, torch.Tensor):
         return torch.bucketize(hu.float(), torch.tensor(edges, device=hu.device), right=True)
     return np.digitize(np.asarray(hu, np.float32), edges).astype(np.int16)
+
+
+def cortical_bands(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[int]:
+    """The bands of ``bands`` that hold only cortical bone: lower edge at or above :data:`CORTICAL_HU`.
+
+    Examples:
+        >>> cortical_bands(), cortical_bands([-500, -30, 200])
+        ([7], [])
+    """
+    edges = [float(b) for b in bands]
+    return [i + 1 for i, e in enumerate(edges) if e >= CORTICAL_HU]
 
 
 def tissue_band_names(bands: Sequence[float] = DEFAULT_HU_BANDS) -> list[str]:
@@ -229,6 +247,7 @@ class RandContrastRender(Randomizable):
         spacing: voxel size (mm) of the class map, used to express blur and resolution in mm.
         config: the parameter ranges (:class:`RenderConfig`).
         dark_classes: class ids that are air (rendered dark with ``config.dark_prob``).
+        void_classes: class ids of cortical bone (rendered dark with ``config.bone_dark_prob``).
 
     ``randomize(n_classes)`` draws one set of parameters; ``__call__(classes)`` draws them (unless
     ``randomize=False``) and applies them. ``present`` names the classes whose mean range sets the
@@ -237,21 +256,23 @@ class RandContrastRender(Randomizable):
     """
 
     def __init__(self, spacing: Sequence[float] = (1.0, 1.0, 1.0), config: RenderConfig | None = None, *,
-                 dark_classes: Sequence[int] = ()):
+                 dark_classes: Sequence[int] = (), void_classes: Sequence[int] = ()):
         self.spacing = tuple(float(s) for s in spacing)
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"spacing must be 3 positive values, got {spacing}")
         self.config = config or RenderConfig()
         self.dark_classes = tuple(int(c) for c in dark_classes)
+        self.void_classes = tuple(int(c) for c in void_classes)
         self.params: dict | None = None
 
     def randomize(self, n_classes: int) -> None:  # type: ignore[override]
         """Draw every random parameter of one rendering for classes ``0 .. n_classes - 1``."""
         c, r = self.config, self.R
         means = r.uniform(c.mean[0], c.mean[1], n_classes)
-        for k in self.dark_classes:
-            if k < n_classes and r.uniform() < c.dark_prob:
-                means[k] = r.uniform(0.0, c.dark_max)
+        for classes, prob in ((self.dark_classes, c.dark_prob), (self.void_classes, c.bone_dark_prob)):
+            for k in classes:
+                if k < n_classes and r.uniform() < prob:
+                    means[k] = r.uniform(0.0, c.dark_max)
         axis = int(r.choice(3, p=np.asarray(c.slice_axis_probs) / sum(c.slice_axis_probs)))
         resolution = list(self.spacing)
         if r.uniform() < c.resolution_prob:
@@ -338,10 +359,10 @@ class RandContrastRenderd(Randomizable, MapTransform):
 
     def __init__(self, classes_key: Hashable = "classes", image_key: Hashable = "image", *,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0), config: RenderConfig | None = None,
-                 dark_classes: Sequence[int] = ()):
+                 dark_classes: Sequence[int] = (), void_classes: Sequence[int] = ()):
         MapTransform.__init__(self, [classes_key])
         self.classes_key, self.image_key = classes_key, image_key
-        self.render = RandContrastRender(spacing, config, dark_classes=dark_classes)
+        self.render = RandContrastRender(spacing, config, dark_classes=dark_classes, void_classes=void_classes)
 
     def set_random_state(self, seed=None, state=None) -> "RandContrastRenderd":
         super().set_random_state(seed, state)

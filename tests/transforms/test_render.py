@@ -9,7 +9,7 @@ import torch
 from medgen.data.phantoms import make_phantom
 from medgen.transforms.random_warp import WarpRanges, identity_grid, random_grid, warp_nearest
 from medgen.transforms.render import (RandContrastRender, RandContrastRenderd, RenderConfig, add_structures,
-                                      render_classes, tissue_classes)
+                                      cortical_bands, render_classes, tissue_classes)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,37 @@ def test_intensity_steps_leave_the_classes_alone_and_each_class_is_one_mixture_c
     assert torch.equal(classes, before)
     for c in torch.unique(classes):  # no blur, no noise, no bias: one value per class
         assert float(img[classes == c].std()) < 1e-5
+
+
+def test_cortical_bone_renders_dark_as_often_as_bone_dark_prob_says():
+    """Cortical bone has no signal in conventional MR: with ``bone_dark_prob`` 1 its class is dark in every
+    rendering, with 0 it is as random as any tissue; an empty list changes nothing."""
+    n_ids = 3
+    bone = n_ids + cortical_bands()[0]
+    assert cortical_bands() == [7] and cortical_bands([-500, 100, 400, 900]) == [3, 4]
+    classes = torch.full((12, 12, 6), n_ids + 4, dtype=torch.long)  # soft tissue ...
+    classes[4:8, 4:8, :] = bone                                      # ... around a cortical bone block
+    classes[:2] = n_ids                                              # and air
+    flat = {"std": [0.0, 0.0], "noise_std": [0.0, 0.0], "bias_std": [0.0, 0.0], "resolution_prob": 0.0,
+            "blur_mm": [0.0, 0.0], "gamma_std": 0.0}
+    means = {}
+    for prob in (1.0, 0.0):
+        r = RandContrastRender((2.0, 2.0, 3.0), RenderConfig(**flat, bone_dark_prob=prob), dark_classes=[n_ids],
+                               void_classes=[bone])
+        drawn = []
+        for seed in range(20):
+            r.set_random_state(seed=seed)
+            r(classes)
+            drawn.append(r.params["means"])
+        means[prob] = np.array(drawn)
+    dark_max = RenderConfig().dark_max
+    assert (means[1.0][:, bone] <= dark_max).all()
+    assert (means[0.0][:, bone] > dark_max).mean() > 0.5
+    # without void classes the renderer draws exactly what it drew before they existed
+    plain, with_none = RandContrastRender((2.0, 2.0, 3.0)), RandContrastRender((2.0, 2.0, 3.0), void_classes=[])
+    for r in (plain, with_none):
+        r.set_random_state(seed=4)
+    assert torch.equal(plain(classes), with_none(classes))
 
 
 def test_resolution_simulation_keeps_the_grid_and_smooths_along_the_slice_axis(phantom_classes):
