@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 GRID = {"shape": (48, 48, 24), "spacing": (4.0, 4.0, 6.0)}  # the segmenter's own spacing: no resampling
 TINY = ["data.spacing=[4,4,6]", "data.patch_size=[32,32,16]", "network.channels=[8,16,32]", "network.strides=[2,2]",
         "train.validate_every=1000", "train.checkpoint_every=1000", "train.lr=0.005", "train.log_every=50",
+        "train.precision=fp32",
         "synth.target=classes"]
 
 

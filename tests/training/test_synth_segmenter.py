@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 STRUCTURES = ("fat", "muscle")
 FLOOR = 0.25  # mean Dice over STRUCTURES on an MR contrast never seen (the CT segmenter on the MR: < 0.15)
 TINY = ["data.spacing=[4,4,6]", "data.patch_size=[32,32,16]", "network.channels=[8,16,32]", "network.strides=[2,2]",
-        "train.validate_every=1000", "train.checkpoint_every=1000", "train.lr=0.005", "train.log_every=50"]
+        "train.validate_every=1000", "train.checkpoint_every=1000", "train.lr=0.005", "train.log_every=50",
+        "train.precision=fp32"]
 
 
 @pytest.fixture(scope="module")
