@@ -151,6 +151,8 @@ def train_segmenter(
                      "ct_reference_threshold_hu": -500.0, "final_validation": last}
             if painting:
                 extra["class_mean_hu"] = {str(k): v for k, v in painting.items()}
+            # painting classes (synth.target: classes), not structures: segmenting leaves them out
+            extra["tissue_class_ids"] = sorted(set(names) - set(plan.names))
             bundle = BundleSpec(
                 kind="segmenter", network=task.network_desc,
                 preprocess={"orientation": "RAS", "spacing": spec.spacing and list(spec.spacing),

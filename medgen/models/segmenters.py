@@ -94,13 +94,20 @@ def _dtype(precision, device: torch.device) -> torch.dtype:
 
 
 class NetworkSegmenter(CTSegmenter):
-    """A PyTorch / TorchScript network applied with sliding windows at its own spacing."""
+    """A PyTorch / TorchScript network applied with sliding windows at its own spacing.
+
+    ``tissue_ids``: output classes that are not structures (the HU tissue bands a segmenter trained
+    with ``synth.target: classes`` also learns, so that it can paint a synthetic CT). Their voxels
+    are background in the mask and they are not in :attr:`label_names`, so volumes, agreement and
+    DICOM SEG hold the structures only.
+    """
 
     def __init__(self, network: torch.nn.Module, spec: InputSpec, label_names: Mapping, *, source: str = "",
-                 extra: dict | None = None, tta: bool = False):
+                 extra: dict | None = None, tta: bool = False, tissue_ids=()):
         self.network = network.eval()
         self.spec = spec
-        self.label_names = {int(k): str(v) for k, v in label_names.items()}
+        self.tissue_ids = frozenset(int(i) for i in tissue_ids)
+        self.label_names = {int(k): str(v) for k, v in label_names.items() if int(k) not in self.tissue_ids}
         self.label_names.setdefault(0, "background")
         self.source = source
         self.extra = dict(extra or {})
@@ -144,6 +151,8 @@ class NetworkSegmenter(CTSegmenter):
         pad = float(self.spec.scale(np.array([-1024.0]))[0])
         labels = segment_array(self.network, work.array, patch_size=self.spec.patch_size, device=device,
                                dtype=dtype, overlap=self.spec.overlap, pad_value=pad, tta=self.tta)
+        if self.tissue_ids:
+            labels[np.isin(labels, sorted(self.tissue_ids))] = 0
         labels = _map_channels_to_ids(labels, self.label_names)
         back = resample_like(work.with_array(labels), ct_hu, order=0)
         return Volume(back.array, ct_hu.affine.copy(), None, ct_hu.series_uid,
@@ -171,7 +180,16 @@ def load_medgen_segmenter(ref: str | Path) -> NetworkSegmenter:
         raise ModelError("segmenter bundle has no 'input' description (spacing, intensity scaling)", path=folder,
                          fix="re-export it with medgen train segmenter")
     return NetworkSegmenter(net, InputSpec.from_dict(spec.extra["input"]), spec.label_names, source=str(folder),
-                            extra=spec.extra)
+                            extra=spec.extra, tissue_ids=tissue_class_ids(spec.label_names, spec.extra))
+
+
+def tissue_class_ids(label_names: Mapping, extra: Mapping) -> list[int]:
+    """The HU tissue-band classes of a medgen segmenter: ``extra.tissue_class_ids`` (written by every
+    ``medgen train segmenter``, empty unless ``synth.target: classes``); bundles written before that
+    key existed name them ``tissue_<band>`` (:func:`medgen.training.segmenter.training_label_names`)."""
+    if "tissue_class_ids" in extra:
+        return [int(i) for i in extra["tissue_class_ids"]]
+    return sorted(int(k) for k, v in label_names.items() if str(v).startswith("tissue_"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,4 +561,5 @@ def load_segmenter(ref: str | Path, *, trust_bundle: bool = False, sidecar: str 
 def with_spec(segmenter: NetworkSegmenter, **changes) -> NetworkSegmenter:
     """A copy of a network segmenter with some input settings changed (e.g. a larger overlap)."""
     return NetworkSegmenter(segmenter.network, replace(segmenter.spec, **changes), segmenter.label_names,
-                            source=segmenter.source, extra=segmenter.extra, tta=segmenter.tta)
+                            source=segmenter.source, extra=segmenter.extra, tta=segmenter.tta,
+                            tissue_ids=segmenter.tissue_ids)

@@ -90,6 +90,25 @@ def test_the_translator_sees_and_decides_exactly_what_the_segmenter_does(trained
     torch.testing.assert_close(logits[:, 0], expected)
 
 
+def test_segmenting_with_it_gives_the_structures_only(trained):
+    """The tissue bands are painting classes: a mask (and its names, volumes, agreement) leaves them out."""
+    from medgen.models.segmenters import NetworkSegmenter, load_segmenter
+    root, _, _ = trained
+    desc = json.loads((root / "run" / "bundle" / "medgen.json").read_text())
+    model_names = {int(k): v for k, v in desc["label_names"].items()}
+    tissue = desc["extra"]["tissue_class_ids"]
+    assert tissue == sorted(k for k, v in model_names.items() if v.startswith("tissue_")) and tissue
+    segmenter = load_segmenter(root / "run")
+    assert segmenter.label_names == {k: v for k, v in model_names.items() if k not in tissue}
+    test = make_phantom(79, mr_weighting="t1", **GRID)
+    mr = Volume(test.mr, test.affine)
+    mask = segmenter.segment(mr).array
+    every_class = NetworkSegmenter(segmenter.network, segmenter.spec, model_names).segment(mr).array
+    assert np.isin(every_class, tissue).any()  # the network does decide tissue bands here
+    np.testing.assert_array_equal(mask, np.where(np.isin(every_class, tissue), 0, every_class))
+    assert set(np.unique(mask).tolist()) <= set(segmenter.label_names)
+
+
 def test_translate_cli_writes_painted_ct_on_the_mr_grid(trained, tmp_path, capsys):
     from medgen.cli import main
     from medgen.io.readers import read_volume
