@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import random
 
@@ -10,6 +12,8 @@ import numpy as np
 import torch
 
 from medgen.errors import MedgenError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,6 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_supports_bf16():
+            _warn_emulated_bf16()
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
@@ -52,6 +58,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process: bf16 was asked for on a CPU that can only emulate it."""
+    log.warning("bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is emulated and runs several times "
+                "slower than fp32; use precision auto (fp32 here) unless you are checking bf16 accuracy")
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -19,6 +19,21 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch):
     assert runtime.resolve_precision("bf16", cpu) == torch.bfloat16
 
 
+def test_forced_bf16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    runtime._warn_emulated_bf16.cache_clear()
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="medgen.runtime"):
+        runtime.resolve_precision("bf16", cpu)
+    assert not caplog.records
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="medgen.runtime"):
+        assert runtime.resolve_precision("bf16", cpu) == torch.bfloat16  # kept: the user asked for it
+        runtime.resolve_precision("bf16", cpu)
+    assert [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()] and len(caplog.records) == 1
+    runtime._warn_emulated_bf16.cache_clear()
+
+
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
     import builtins
     real_open = builtins.open
