@@ -17,7 +17,7 @@ on the same slab, mask and scores, the error of translators that are perfect but
 
 Usage::
 
-    python bench/mridir_ceilings.py          # about a minute, one core
+    python bench/mridir_ceilings.py          # under a minute of CPU
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import translator_mridir as mridir  # noqa: E402  (the acceptance bench's data, split, mask and scores)
 
-METRICS = ("mae_hu", "mae_bone_hu", "mae_fat_hu")
-
-
-def _scores(pred: np.ndarray, ct: np.ndarray, mask: np.ndarray) -> dict:
-    full = mridir.scores(pred, ct, mask)
-    return {m: full[m] for m in METRICS}
+METRICS = ("mae_hu", "mae_bone_hu", "mae_fat_hu")  # mridir.mae_scores' keys
+TRAIN_FRACTION = 0.7  # translator_mridir's default split
 
 
 def _through_grid(image: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -48,27 +44,21 @@ def _through_grid(image: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 
 def ceilings() -> dict:
-    from medgen.io.readers import read_volume
     from medgen.transforms.render import tissue_classes
 
-    folder = mridir.data_dir()
-    ct = read_volume(folder / "mridir_porcine_head_ct_1mm.nii.gz")
-    mr = read_volume(folder / "mridir_porcine_head_mr_t2_rigid_on_ct_1mm_grid.nii.gz")
-    depth = ct.shape[2]
-    n_train = int(round(depth * 0.7))
-    upper_is_last = ct.orientation[2] == "S"  # as translator_mridir.prepare: train on the superior 70 %
-    train = slice(depth - n_train, depth) if upper_is_last else slice(0, n_train)
-    test = slice(0, depth - n_train) if upper_is_last else slice(n_train, depth)
+    ct, mr = mridir.read_pair()
+    train, test = (slice(*r) for r in mridir.split_ranges(ct, TRAIN_FRACTION))
     hu = ct.array.astype(np.float32)
     mask = mridir.object_mask(ct.array, mr.array)[:, :, test]
     truth = hu[:, :, test]
 
     result: dict = {"test_voxels": int(mask.sum()), "bone_voxels": int((mask & (truth > 200)).sum())}
     for k in (1, 2, 3):
-        runs = [_scores(np.roll(hu, s, axis=axis)[:, :, test], truth, mask) for axis in range(3) for s in (k, -k)]
+        runs = [mridir.mae_scores(np.roll(hu, s, axis=axis)[:, :, test], truth, mask)
+                for axis in range(3) for s in (k, -k)]
         result[f"shift_{k}mm"] = {m: round(float(np.mean([r[m] for r in runs])), 2) for m in METRICS}
     for sigma in (0.75, 1.5, 3.0):
-        result[f"blur_sigma_{sigma}mm"] = _scores(ndimage.gaussian_filter(hu, sigma)[:, :, test], truth, mask)
+        result[f"blur_sigma_{sigma}mm"] = mridir.mae_scores(ndimage.gaussian_filter(hu, sigma)[:, :, test], truth, mask)
 
     bands = tissue_classes(ndimage.median_filter(hu, size=3))
     lut = np.zeros(int(bands.max()) + 1, np.float32)
@@ -76,8 +66,8 @@ def ceilings() -> dict:
         lut[band] = hu[:, :, train][bands[:, :, train] == band].mean()
     painted = lut[bands]
     result["band_mean_hu"] = {int(b): round(float(lut[b]), 1) for b in np.unique(bands[:, :, train])}
-    result["oracle_band_painting"] = _scores(painted[:, :, test], truth, mask)
-    result["oracle_band_painting_1.5mm"] = _scores(_through_grid(painted, 1.5)[:, :, test], truth, mask)
+    result["oracle_band_painting"] = mridir.mae_scores(painted[:, :, test], truth, mask)
+    result["oracle_band_painting_1.5mm"] = mridir.mae_scores(_through_grid(painted, 1.5)[:, :, test], truth, mask)
     return result
 
 

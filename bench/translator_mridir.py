@@ -82,13 +82,42 @@ def object_mask(ct: np.ndarray, mr: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(body_mask(ct, threshold=-500.0) & body_mask(mr), iterations=2)
 
 
-def scores(pred: np.ndarray, ct: np.ndarray, mask: np.ndarray) -> dict:
-    from medgen.metrics.image import mae, psnr, ssim
+def mae_scores(pred: np.ndarray, ct: np.ndarray, mask: np.ndarray) -> dict:
+    """MAE in HU inside the object, in its bone (CT > 200 HU) and in its fat (CT < -30 HU)."""
+    from medgen.metrics.image import mae
     bone, fat = mask & (ct > 200), mask & (ct < -30)
     return {"mae_hu": round(mae(pred, ct, mask), 2), "mae_bone_hu": round(mae(pred, ct, bone), 2),
-            "mae_fat_hu": round(mae(pred, ct, fat), 2),
+            "mae_fat_hu": round(mae(pred, ct, fat), 2)}
+
+
+def scores(pred: np.ndarray, ct: np.ndarray, mask: np.ndarray) -> dict:
+    """:func:`mae_scores` plus PSNR and SSIM inside the object (data range 2000 HU)."""
+    from medgen.metrics.image import psnr, ssim
+    return {**mae_scores(pred, ct, mask),
             "psnr_db": round(psnr(pred, ct, mask, data_range=2000.0), 3),
             "ssim": round(ssim(pred, ct, mask, data_range=2000.0), 4)}
+
+
+def read_pair():
+    """The MRI-DIR CT and the MR registered onto its grid (same grid, checked)."""
+    from medgen.io.readers import read_volume
+    folder = data_dir()
+    ct = read_volume(folder / "mridir_porcine_head_ct_1mm.nii.gz")
+    mr = read_volume(folder / "mridir_porcine_head_mr_t2_rigid_on_ct_1mm_grid.nii.gz")
+    assert ct.same_grid(mr)
+    return ct, mr
+
+
+def split_ranges(ct, train_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(train, test) slice ranges along array axis 2: the upper (superior) ``train_fraction`` trains."""
+    axis_code = ct.orientation[2]
+    assert axis_code in "SI", f"array axis 2 is {axis_code}, not the axial normal"
+    depth = ct.shape[2]
+    n_train = int(round(depth * train_fraction))
+    # "upper" = superior: array axis 2 points superior (S) here, so the upper slices are the last ones
+    if axis_code == "S":
+        return (depth - n_train, depth), (0, depth - n_train)
+    return (0, n_train), (n_train, depth)
 
 
 def histogram_matching(mr_train, ct_train, mask_mr_train, mask_ct_train, mr_test, mask_mr_test) -> np.ndarray:
@@ -117,22 +146,10 @@ class Split:
 def prepare(out: Path, train_fraction: float) -> Split:
     """Write the four slabs under ``out``; the baselines' scores (in ``Split.result``)."""
     from medgen.data.sampling import body_mask
-    from medgen.io.readers import read_volume
     from medgen.io.writers import write_volume
 
-    folder = data_dir()
-    ct = read_volume(folder / "mridir_porcine_head_ct_1mm.nii.gz")
-    mr = read_volume(folder / "mridir_porcine_head_mr_t2_rigid_on_ct_1mm_grid.nii.gz")
-    assert ct.same_grid(mr)
-    axis_code = ct.orientation[2]
-    assert axis_code in "SI", f"array axis 2 is {axis_code}, not the axial normal"
-    depth = ct.shape[2]
-    n_train = int(round(depth * train_fraction))
-    # "upper" = superior: array axis 2 points superior (S) here, so the upper slices are the last ones
-    if axis_code == "S":
-        train_range, test_range = (depth - n_train, depth), (0, depth - n_train)
-    else:
-        train_range, test_range = (0, n_train), (n_train, depth)
+    ct, mr = read_pair()
+    train_range, test_range = split_ranges(ct, train_fraction)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, vol, rng in (("mr_train", mr, train_range), ("ct_train", ct, train_range),
@@ -148,7 +165,7 @@ def prepare(out: Path, train_fraction: float) -> Split:
     mr_tr = mr.array[:, :, train_range[0]:train_range[1]].astype(np.float32)
     train_mask = mask_full[:, :, train_range[0]:train_range[1]]
 
-    result: dict = {"data": str(folder), "slice_axis": f"array axis 2 ({ct.orientation}: {axis_code}) = axial",
+    result: dict = {"data": str(data_dir()), "slice_axis": f"array axis 2 ({ct.orientation}: {ct.orientation[2]}) = axial",
                     "train_slices": list(train_range), "test_slices": list(test_range),
                     "mask": "CT body (>-500 HU) & MR body, eroded 2 voxels",
                     "test_voxels": int(test_mask.sum()), "bone_voxels": int((test_mask & (ct_test > 200)).sum()),
