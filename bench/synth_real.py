@@ -6,7 +6,9 @@ there is a TotalSegmentator *prediction*, not manual ground truth). No MR is use
 1. Train ``segmenter/synth_unet`` on the two TotalSegmentator example CTs and their label maps
    (the structures of ``bench/chain_real.py``), i.e. on renderings of their anatomy (labels +
    HU tissue bands) with random contrast, resolution, bias and noise (plus some real CT patches).
-2. Its fit on the two training CTs themselves (Dice vs the TotalSegmentator maps).
+2. Its fit on the two training CTs themselves (Dice vs the TotalSegmentator maps), and on three
+   whole-volume renderings of each (``fit_dice_on_renderings``): fitting renderings but not the
+   real images means a domain gap; fitting neither, that the anatomy was not learned.
 3. ``medgen segment-mr --translator none --agreement`` on ``example_mr_sm`` (stored LPS, another
    subject): mask on the MR's exact grid (header and reader checks), QC picture, per-label
    volumes and RAS centroids with anatomical-plausibility checks, the reliability flag, and an
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from chain_real import INCLUDE, _axial_montage, _data_dir, _dice_table, _grid, _label_stats, _plausibility, _same
 
@@ -73,6 +76,9 @@ def run(out: Path, data: Path, steps: int, overrides: list[str], device: str, ct
     segmenter = load_segmenter(run_dir)
     result["fit_dice_on_training_cts"] = _dice_table(segmenter, {
         "example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}, plan, device)
+    cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=OVERRIDES + overrides)
+    result["fit_dice_on_renderings"] = _rendering_fit(segmenter, cfg, {
+        "example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}, plan)
 
     mr = read_volume(mr_path)
     routes = {"direct": ("none", str(run_dir), "direct (synth segmenter)")}
@@ -92,6 +98,39 @@ def run(out: Path, data: Path, steps: int, overrides: list[str], device: str, ct
                                            "example_mr_sm: synthesis routes (no MR used in training)")
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rendering_fit(segmenter, cfg, pairs: dict, plan, renderings: int = 3) -> dict:
+    """Dice of the network on whole-volume renderings of its own training cases (no warp).
+
+    Tells the two ways this route can fail apart: a network that fits renderings but not the real
+    CT (or MR) meets images unlike its renderings; one that fits neither has not learned the anatomy.
+    """
+    from medgen.inference.segment import segment_array
+    from medgen.io.readers import read_volume
+    from medgen.metrics.segmentation import per_label_scores
+    from medgen.training.segmenter import prepare_case
+    from medgen.transforms.render import RandContrastRender, cortical_bands
+
+    synth = cfg.synth
+    air = len(plan.names)  # render_classes numbers band b as n_label_ids + b (target: labels)
+    renderer = RandContrastRender(segmenter.spec.spacing, synth.render, dark_classes=[air],
+                                  void_classes=[air + b for b in cortical_bands(synth.hu_bands)])
+    out = {}
+    for case_id, (img_path, lab_path) in pairs.items():
+        case = prepare_case(case_id, read_volume(img_path), read_volume(lab_path, kind="label"), segmenter.spec, plan,
+                            synth=synth)
+        present = {plan.names[int(i)] for i in np.unique(case.label) if i}
+        means = []
+        for seed in range(renderings):
+            renderer.set_random_state(seed=seed)
+            image = renderer(torch.from_numpy(case.classes.astype(np.int64))).numpy()
+            pred = segment_array(segmenter.network, image, patch_size=segmenter.spec.patch_size, pad_value=-1.0)
+            scores = per_label_scores(pred, case.label, pred_names=segmenter.label_names, ref_names=plan.names,
+                                      spacing=segmenter.spec.spacing, compute_hd95=False)
+            means.append(float(np.mean([float(v["dice"]) for k, v in scores.items() if k in present])))
+        out[case_id] = {"mean_present": round(float(np.mean(means)), 3), "per_rendering": [round(m, 3) for m in means]}
+    return out
 
 
 def _mask_report(report, mask, mask_path: Path, mr_path: Path, mr) -> dict:
