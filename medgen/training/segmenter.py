@@ -108,11 +108,6 @@ class SynthConfig(StrictModel):
     #: to ``real_fraction``, so the network first learns the anatomy from the CT, then contrast
     #: invariance from the renderings (0 = renderings from the first step)
     warmup: float = Field(0.0, ge=0.0, lt=1.0)
-    #: contrast curriculum: over this share of the steps the renderings' class means move linearly
-    #: from each case's own CT contrast (the class's mean normalised CT value) to fully random ones,
-    #: so the anatomy learnt from CT-like images carries over step by step to arbitrary contrasts
-    #: (0 = fully random from the first rendering)
-    contrast_warmup: float = Field(0.0, ge=0.0, lt=1.0)
     #: HU edges of the tissue classes cut from each CT for the unlabelled voxels
     hu_bands: list[float] = list(DEFAULT_HU_BANDS)
     #: median filter (voxels) on the CT before it is cut into bands, so CT noise does not speckle a
@@ -320,7 +315,6 @@ class PreparedCase:
     classes: np.ndarray | None = None  # rendering classes (labels + HU tissue bands), same grid
     hu_sums: np.ndarray | None = None  # per target class: sum of the CT's HU (class_mean_hu), training only
     hu_counts: np.ndarray | None = None  # per target class: voxel count
-    class_means: np.ndarray | None = None  # per rendering class: mean of the normalised CT, mapped to [0, 1]
 
 
 def training_label_names(plan: LabelPlan, synth: SynthConfig) -> dict[int, str]:
@@ -398,9 +392,6 @@ def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, pl
             others = resample_like(label.with_array(plan.untrained(label.array)), grid, order=0).array
             if others.any():
                 case.classes = add_structures(tissue, others, hu=hu, **banding)
-        counts = np.bincount(case.classes.reshape(-1))
-        sums = np.bincount(case.classes.reshape(-1), weights=(case.image.reshape(-1).astype(np.float64) + 1.0) / 2.0)
-        case.class_means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5)
         if synth.target == "classes":  # organ labels and tissue bands: a left-out structure is its band
             case.label = tissue.astype(np.uint8)
         flat = case.label.reshape(-1).astype(np.int64)
@@ -622,15 +613,12 @@ class SegmenterTask:
     def network(self) -> torch.nn.Module:
         return distributed.unwrap(self.net)
 
-    def rendered_patch(self, case: PreparedCase, patch: tuple[int, int, int],
-                       randomness: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def rendered_patch(self, case: PreparedCase, patch: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A random rendering of a warped patch of ``case``'s anatomy, and its exactly warped label.
 
         A block a quarter larger on each side is cropped and warped onto the patch, so rotations
         bring in real anatomy rather than replicated edges; the rendering is scaled by the mean
         range of every class of the whole case, as a whole-volume percentile normalisation would.
-        ``randomness`` below 1 pulls the class means towards the case's own CT contrast
-        (:meth:`contrast_randomness`).
         """
         cfg = self.config
         start = patch_start(case, patch, self.gen, cfg.data.foreground_fraction)
@@ -643,23 +631,8 @@ class SegmenterTask:
         present = getattr(case, "_render_ids", None)
         if present is None:
             present = case._render_ids = [int(c) for c in np.unique(case.classes)]
-        self.renderer.anchor_to(case.class_means, randomness)
         x, y = warp_and_render(cls, lab, grid, self.renderer, self.gen, present=present, device=self.device)
         return x[None, None], y[None, None]
-
-    def contrast_randomness(self, step: int) -> float:
-        """How random the renderings' contrast is at ``step`` (1-based): the ``synth.contrast_warmup`` curriculum.
-
-        Examples:
-            >>> task = SegmenterTask.__new__(SegmenterTask)
-            >>> task.config = SegmenterConfig(train={"steps": 100}, synth={"contrast_warmup": 0.5})
-            >>> [round(task.contrast_randomness(s), 2) for s in (1, 25, 50, 100)]
-            [0.0, 0.49, 1.0, 1.0]
-        """
-        ramp = self.config.synth.contrast_warmup * self.config.train.steps
-        if ramp <= 0 or step >= ramp:
-            return 1.0
-        return (step - 1) / max(ramp - 1, 1)
 
     def real_share(self, step: int) -> float:
         """Share of real-CT (not rendered) patches at ``step`` (1-based): the ``synth.warmup`` curriculum.
@@ -686,7 +659,7 @@ class SegmenterTask:
             case = self.cases[self.sampler.draw(self.gen)]
             if (cfg.synth.enabled and case.classes is not None
                     and float(torch.rand((), generator=self.gen)) >= real_share):
-                x, y = self.rendered_patch(case, patch, self.contrast_randomness(step))
+                x, y = self.rendered_patch(case, patch)
                 imgs.append(x.cpu())
                 labs.append(y.cpu())
                 continue

@@ -264,22 +264,6 @@ class RandContrastRender(Randomizable):
         self.dark_classes = tuple(int(c) for c in dark_classes)
         self.void_classes = tuple(int(c) for c in void_classes)
         self.params: dict | None = None
-        #: contrast curriculum (:meth:`anchor_to`): per-class anchor means and the share of randomness
-        self.anchor: np.ndarray | None = None
-        self.randomness = 1.0
-
-    def anchor_to(self, means: np.ndarray | None, randomness: float) -> None:
-        """Pull the next renderings' class means towards ``means`` (one per class id, in [0, 1]).
-
-        A drawn mean becomes ``randomness * random + (1 - randomness) * means[k]``: at 0 a rendering
-        has the anchor's contrast (e.g. the CT's own), at 1 (the default, or ``means=None``) it is
-        fully random. Every other parameter stays random, and the random draws are the same either
-        way, so a rendering still replays exactly for a seed.
-        """
-        if not 0.0 <= randomness <= 1.0:
-            raise ValueError(f"randomness must be in [0, 1], got {randomness}")
-        self.anchor = None if means is None else np.asarray(means, np.float64)
-        self.randomness = float(randomness)
 
     def randomize(self, n_classes: int) -> None:  # type: ignore[override]
         """Draw every random parameter of one rendering for classes ``0 .. n_classes - 1``."""
@@ -289,10 +273,6 @@ class RandContrastRender(Randomizable):
             for k in classes:
                 if k < n_classes and r.uniform() < prob:
                     means[k] = r.uniform(0.0, c.dark_max)
-        if self.anchor is not None and self.randomness < 1.0:
-            anchor = np.full(n_classes, 0.5)
-            anchor[:min(n_classes, len(self.anchor))] = self.anchor[:n_classes]
-            means = self.randomness * means + (1.0 - self.randomness) * anchor
         axis = int(r.choice(3, p=np.asarray(c.slice_axis_probs) / sum(c.slice_axis_probs)))
         resolution = list(self.spacing)
         if r.uniform() < c.resolution_prob:

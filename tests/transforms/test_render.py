@@ -197,23 +197,3 @@ def test_structures_left_out_of_the_target_render_as_classes_of_their_own_unless
     no_ct = add_structures(render_classes(labels, None, n_label_ids=n_ids, bands=bands), structures,
                            n_label_ids=n_ids, bands=bands)
     assert (no_ct[:, :, :3] == first + 2).all() and (no_ct[labels > 0] == 1).all()
-
-
-def test_anchor_pulls_class_means_and_full_randomness_replays_the_plain_rendering(phantom_classes):
-    """``anchor_to``: at randomness 0 every class mean is the anchor's, at 1 the rendering is unchanged."""
-    classes, _, _ = phantom_classes
-    n = int(classes.max()) + 1
-    anchor = np.linspace(0.2, 0.8, n)
-    plain = RandContrastRender((4.0, 4.0, 6.0), dark_classes=[0])
-    plain.set_random_state(seed=3)
-    plain.randomize(n)
-    anchored = RandContrastRender((4.0, 4.0, 6.0), dark_classes=[0])
-    for randomness, expected in ((0.0, anchor), (0.25, 0.25 * plain.params["means"] + 0.75 * anchor),
-                                 (1.0, plain.params["means"])):
-        anchored.anchor_to(anchor, randomness)
-        anchored.set_random_state(seed=3)
-        anchored.randomize(n)
-        np.testing.assert_allclose(anchored.params["means"], expected, atol=1e-6)
-        assert anchored.params["seed"] == plain.params["seed"]  # the other draws do not move
-    with pytest.raises(ValueError):
-        anchored.anchor_to(anchor, 1.5)
