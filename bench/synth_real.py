@@ -42,7 +42,7 @@ from chain_real import INCLUDE, _axial_montage, _data_dir, _dice_table, _grid, _
 
 log = logging.getLogger("bench.synth_real")
 
-OVERRIDES = ["data.spacing=[3,3,3]", "data.patch_size=[64,64,32]", "network.channels=[8,16,32,64]",
+OVERRIDES = ["network.channels=[8,16,32,64]",
              "train.precision=fp32", "train.lr=0.004", "train.validate_every=100000", "train.checkpoint_every=100",
              "train.log_every=25"]
 
