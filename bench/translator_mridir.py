@@ -211,7 +211,8 @@ def run_route(name: str, config_name: str, overrides: list[str], steps: int, spl
 
 
 #: the tissue route's segmenter on this data: the translators' 1.5 mm grid, every voxel a tissue band
-TISSUE_OVERRIDES = ["synth.target=classes", "data.spacing=[1.5,1.5,1.5]", "train.precision=fp32",
+TISSUE_OVERRIDES = ["synth.target=classes", "data.spacing=[1.5,1.5,1.5]", "data.patch_size=[64,64,32]",
+                    "train.precision=fp32",
                     "train.validate_every=500", "train.checkpoint_every=250", "train.log_every=25"]
 
 
