@@ -120,7 +120,7 @@ def _rendering_fit(segmenter, cfg, pairs: dict, plan, renderings: int = 3) -> di
     for case_id, (img_path, lab_path) in pairs.items():
         case = prepare_case(case_id, read_volume(img_path), read_volume(lab_path, kind="label"), segmenter.spec, plan,
                             synth=synth)
-        present = {plan.names[int(i)] for i in np.unique(case.label) if i}
+        present = {plan.names[int(i)] for i in np.unique(case.label) if int(i) in plan.names and i}
         means = []
         for seed in range(renderings):
             renderer.set_random_state(seed=seed)
