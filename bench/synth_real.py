@@ -65,20 +65,18 @@ def run(out: Path, data: Path, steps: int, overrides: list[str], device: str, ct
     run_dir = out / "synth_segmenter"
     result: dict = {"labels_note": "reference labels are TotalSegmentator predictions, not manual ground truth",
                     "overrides": OVERRIDES + overrides, "steps": steps}
+    cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=OVERRIDES + overrides)
     t0 = time.perf_counter()
     if not (run_dir / "bundle" / "medgen.json").exists():
-        cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=OVERRIDES + overrides)
         train_segmenter(cfg, images=ct_images, labels=ct_labels, output=run_dir, label_names=names_ref,
                         include=INCLUDE, max_steps=steps, resume=(run_dir / "checkpoints").exists(), device=device,
                         mlflow=False)
     result["train_s"] = round(time.perf_counter() - t0, 1)
     plan = plan_labels(read_label_names(names_ref), INCLUDE)
     segmenter = load_segmenter(run_dir)
-    result["fit_dice_on_training_cts"] = _dice_table(segmenter, {
-        "example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}, plan, device)
-    cfg = load_config(None, SegmenterConfig, default="segmenter/synth_unet", overrides=OVERRIDES + overrides)
-    result["fit_dice_on_renderings"] = _rendering_fit(segmenter, cfg, {
-        "example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}, plan)
+    training_pairs = {"example_ct": (ct_images[0], ct_labels[0]), "example_ct_dicom": (ct_images[1], ct_labels[1])}
+    result["fit_dice_on_training_cts"] = _dice_table(segmenter, training_pairs, plan, device)
+    result["fit_dice_on_renderings"] = _rendering_fit(segmenter, cfg, training_pairs, plan)
 
     mr = read_volume(mr_path)
     routes = {"direct": ("none", str(run_dir), "direct (synth segmenter)")}
@@ -110,17 +108,17 @@ def _rendering_fit(segmenter, cfg, pairs: dict, plan, renderings: int = 3) -> di
     from medgen.io.readers import read_volume
     from medgen.metrics.segmentation import per_label_scores
     from medgen.training.segmenter import prepare_case
-    from medgen.transforms.render import RandContrastRender, cortical_bands
+    from medgen.transforms.render import RandContrastRender
 
     synth = cfg.synth
-    air = len(plan.names)  # render_classes numbers band b as n_label_ids + b (target: labels)
-    renderer = RandContrastRender(segmenter.spec.spacing, synth.render, dark_classes=[air],
-                                  void_classes=[air + b for b in cortical_bands(synth.hu_bands)])
+    # render_classes numbers the HU bands after the label ids: the first is air
+    renderer = RandContrastRender.for_tissue_bands(segmenter.spec.spacing, synth.render, air_class=len(plan.names),
+                                                   bands=synth.hu_bands)
     out = {}
     for case_id, (img_path, lab_path) in pairs.items():
         case = prepare_case(case_id, read_volume(img_path), read_volume(lab_path, kind="label"), segmenter.spec, plan,
                             synth=synth)
-        present = {plan.names[int(i)] for i in np.unique(case.label) if int(i) in plan.names and i}
+        present = {plan.names[int(i)] for i in np.unique(case.label) if i and int(i) in plan.names}
         means = []
         for seed in range(renderings):
             renderer.set_random_state(seed=seed)

@@ -25,7 +25,7 @@ from pydantic import Field
 from medgen.config import StrictModel
 from medgen.io.volume import Volume
 from medgen.transforms.random_warp import WarpRanges, random_grid, warp_nearest
-from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, cortical_bands, render_classes
+from medgen.transforms.render import DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, render_classes
 
 __all__ = ["SynthesisConfig", "render_volume", "warp_and_render"]
 
@@ -78,9 +78,11 @@ def render_volume(label: Volume | None, ct: Volume | None, config: SynthesisConf
     gen = torch.Generator().manual_seed(int(seed))
     grid = random_grid(tuple(ref.shape), gen, WarpRanges(rotate_deg=config.rotate_deg, scale=tuple(config.scale),
                                                           elastic_vox=config.elastic_vox))
-    air = n_label_ids if ct is not None else 0
-    bone = [n_label_ids + b for b in cortical_bands(config.hu_bands)] if ct is not None else []
-    renderer = RandContrastRender(ref.spacing, config.render, dark_classes=[air], void_classes=bone)
+    if ct is not None:  # the darkest HU band is air, numbered after the label ids
+        renderer = RandContrastRender.for_tissue_bands(ref.spacing, config.render, air_class=n_label_ids,
+                                                       bands=config.hu_bands)
+    else:  # labels only: the background (class 0) is the air
+        renderer = RandContrastRender(ref.spacing, config.render, dark_classes=[0])
     image, warped_label = warp_and_render(classes, lab, grid, renderer, gen)
     image = image.numpy().astype(np.float32)
     out_label = warped_label.numpy().astype(np.uint8 if n_label_ids <= 256 else np.uint16)

@@ -46,7 +46,7 @@ from medgen import distributed
 from medgen.data.synthesis import warp_and_render
 from medgen.transforms.random_warp import WarpRanges, random_grid
 from medgen.transforms.render import (DEFAULT_HU_BANDS, RandContrastRender, RenderConfig, add_structures, gaussian_blur,
-                                     cortical_bands, median_smoothed, render_classes,
+                                     median_smoothed, render_classes,
                                      tissue_band_names)
 
 log = logging.getLogger(__name__)
@@ -602,9 +602,8 @@ class SegmenterTask:
         learns_classes = synth.learns_classes
         # the darkest HU band: render_classes numbers the bands after the label ids
         air_class = self.n_classes - (len(synth.hu_bands) + 1) if learns_classes else self.n_classes
-        self.renderer = RandContrastRender(config.data.spacing or (1.0, 1.0, 1.0), synth.render,
-                                           dark_classes=[air_class],
-                                           void_classes=[air_class + b for b in cortical_bands(synth.hu_bands)])
+        self.renderer = RandContrastRender.for_tissue_bands(config.data.spacing or (1.0, 1.0, 1.0), synth.render,
+                                                            air_class=air_class, bands=synth.hu_bands)
         self.warp = WarpRanges(rotate_deg=synth.rotate_deg, scale=tuple(synth.scale), elastic_vox=synth.elastic_vox)
         self.air_class = air_class
         self.label_pad = air_class if learns_classes else 0  # what lies outside a scan

@@ -265,6 +265,14 @@ class RandContrastRender(Randomizable):
         self.void_classes = tuple(int(c) for c in void_classes)
         self.params: dict | None = None
 
+    @classmethod
+    def for_tissue_bands(cls, spacing: Sequence[float], config: RenderConfig | None, *, air_class: int,
+                         bands: Sequence[float] = DEFAULT_HU_BANDS) -> "RandContrastRender":
+        """A renderer for a class map of :func:`render_classes`: ``air_class`` (the darkest HU band)
+        is air, and the cortical bands numbered after it (:func:`cortical_bands`) are compact bone."""
+        return cls(spacing, config, dark_classes=[air_class],
+                   void_classes=[air_class + b for b in cortical_bands(bands)])
+
     def randomize(self, n_classes: int) -> None:  # type: ignore[override]
         """Draw every random parameter of one rendering for classes ``0 .. n_classes - 1``."""
         c, r = self.config, self.R
