@@ -8,7 +8,7 @@
          a contrast-agnostic segmenter (trained on renderings, ``medgen.transforms.render``)
          takes the MR itself with "none"
       -> CT segmenter at its own orientation, spacing and HU scaling (sliding windows)
-      -> labels mapped back onto the MR's grid with nearest neighbour
+      -> class scores interpolated onto the MR's grid, then arg-max
       -> mask with the MR's exact shape and affine, plus the label names
 
 Each stage is timed, so batch runs and the benchmark can report where the time goes.

@@ -15,11 +15,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from medgen.io.geometry import resample_to_grid
+from medgen.io.volume import Volume
 from medgen.runtime import autocast
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sliding_window_scores", "segment_array", "auto_batch_size", "average_with_shifted_grid", "tta_shift"]
+__all__ = ["sliding_window_scores", "segment_array", "argmax_on_grid", "auto_batch_size", "average_with_shifted_grid",
+           "tta_shift"]
 
 #: voxels of input windows per forward pass when the batch size is left to medgen. Measured with the
 #: shipped segmenter (64x64x32 windows) on 2 cores: 8 windows per pass were 1.7x faster than 2 on a
@@ -146,3 +149,53 @@ def segment_array(
                                    overlap=overlap, batch_size=batch_size, pad_value=pad_value, tta=tta)
     labels = torch.argmax(scores, dim=0).numpy()
     return labels.astype(np.uint8 if scores.shape[0] <= 256 else np.uint16)
+
+
+def argmax_on_grid(scores: torch.Tensor | np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
+                   target_shape: Sequence[int]) -> np.ndarray:
+    """Label map on another grid: every class's score interpolated (trilinear) onto it, then arg-max.
+
+    Mapping the arg-max by nearest neighbour instead turns each network voxel into a block of
+    output voxels: a 6 mm network's mask on a 1.5 mm scan has 6 mm staircase edges, and a thin
+    structure is a chain of cubes. Interpolating the scores first puts each boundary where the
+    two classes' scores cross, between network voxels; nnU-Net resamples its probabilities the
+    same way before the arg-max, and MONAI bundles invert the softmax before ``AsDiscrete``.
+    Where the grids share their voxel lattice (same spacing, axes permuted or flipped) the result
+    equals the nearest-neighbour mapping exactly.
+
+    Only classes that win somewhere on the source grid are interpolated (the others could win
+    only where two winners tie, and are skipped so that many-class models stay fast); memory is
+    two target-sized arrays beside ``scores``. Target voxels outside the source grid are class 0.
+
+    Args:
+        scores: ``(C, *source_shape)`` class scores (probabilities) on the grid ``affine``.
+        affine: the scores' voxel-to-world matrix.
+        target_affine, target_shape: the grid of the returned labels.
+
+    Returns:
+        uint8 (or uint16 for more than 256 classes) label map of ``target_shape``.
+
+    Examples:
+        Two 4 mm voxels, class 1 scoring 0.4 then 1.0, onto the 1 mm grid they cover: class 1
+        wins from where its interpolated score passes 0.5 (0.67 mm past the first centre), not
+        from the 4 mm block edge (2 mm), where nearest neighbour would put the boundary.
+
+        >>> s = np.zeros((2, 2, 1, 1), np.float32); s[1, :, 0, 0] = [0.4, 1.0]; s[0] = 1 - s[1]
+        >>> fine = np.eye(4); fine[0, 3] = -1.5
+        >>> argmax_on_grid(s, np.diag([4.0, 1, 1, 1]), fine, (8, 1, 1)).ravel().tolist()
+        [0, 0, 0, 1, 1, 1, 1, 1]
+    """
+    scores = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    target_shape = tuple(int(s) for s in target_shape)
+    winners = np.unique(np.argmax(scores, axis=0))
+    best = np.full(target_shape, -np.inf, np.float32)
+    labels = np.zeros(target_shape, np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    for c in (int(w) for w in winners):
+        # outside the source grid the background wins: it scores 1 there, every other class 0
+        moved = resample_to_grid(Volume(scores[c], affine), target_affine, target_shape, order=1,
+                                 cval=1.0 if c == 0 else 0.0).array
+        better = moved > best
+        best[better] = moved[better]
+        labels[better] = c
+    return labels
+

@@ -119,7 +119,8 @@ def monai_inference_config(spec: BundleSpec) -> dict:
     ``models/model.pt``. Segmenter: ``LoadImaged`` -> medgen's preprocessing
     (:class:`~medgen.models.bundle_transforms.PrepareSegmenterInputd`) -> MONAI
     ``SlidingWindowInferer`` (Gaussian blending of softmax scores, like ``medgen segment``) ->
-    arg-max -> labels back on the input grid -> ``SaveImaged`` (``<name>_seg.nii.gz``); plain
+    scores interpolated onto the input grid and arg-max'd
+    (:class:`~medgen.models.bundle_transforms.ScoresOnSourceGridd`) -> ``SaveImaged`` (``<name>_seg.nii.gz``); plain
     config expressions (no pytorch-ignite engine needed). Translator: ``LoadImaged`` ->
     :class:`~medgen.models.bundle_transforms.Translated` -> ``SaveImaged`` (``<name>_sct.nii.gz``).
     Other kinds get the network description only.
@@ -148,8 +149,7 @@ def monai_inference_config(spec: BundleSpec) -> dict:
                 "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(inp.patch_size), "sw_batch_size": 2,
                             "overlap": inp.overlap, "mode": "gaussian", "padding_mode": "constant", "cval": pad},
                 "postprocessing": {"_target_": "Compose", "transforms": [
-                    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                    {"_target_": "medgen.models.bundle_transforms.LabelsOnSourceGridd", "keys": "pred"},
+                    {"_target_": "medgen.models.bundle_transforms.ScoresOnSourceGridd", "keys": "pred"},
                     {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                      "output_dtype": "$numpy.uint8" if max(spec.label_names, default=0) < 256 else "$numpy.uint16",
                      "resample": False, "separate_folder": False, "print_log": False}]},

@@ -9,7 +9,10 @@ as medgen's, voxel for voxel, instead of a near copy from similar-but-different 
 
 * :class:`PrepareSegmenterInputd`: image -> the segmenter's orientation, spacing and intensity
   scaling (:meth:`medgen.models.segmenters.NetworkSegmenter.prepare_image`); remembers the source grid;
-* :class:`LabelsOnSourceGridd`: arg-max'd labels -> the source grid (nearest neighbour);
+* :class:`ScoresOnSourceGridd`: class scores -> labels on the source grid (scores interpolated,
+  then arg-max: :func:`medgen.inference.segment.argmax_on_grid`, as ``medgen segment`` does);
+* :class:`LabelsOnSourceGridd`: arg-max'd labels -> the source grid (nearest neighbour; what
+  bundles exported before :class:`ScoresOnSourceGridd` name, kept so they still run);
 * :class:`Translated`: MR -> synthetic CT in HU on the MR's grid with a MONAI-built network and the
   bundle's ``medgen.json`` (:func:`medgen.inference.translate.translate_volume`).
 """
@@ -26,13 +29,13 @@ from monai.transforms import MapTransform
 
 from medgen.io.geometry import resample_like
 from medgen.io.volume import Volume
-from medgen.inference.segment import average_with_shifted_grid, tta_shift
+from medgen.inference.segment import argmax_on_grid, average_with_shifted_grid, tta_shift
 from medgen.inference.translate import Translator, translate_volume
 from medgen.models.input_spec import InputSpec
 from medgen.models.segmenters import NetworkSegmenter, _dtype, _literal, _walk_transforms
 from medgen.runtime import autocast
 
-__all__ = ["PrepareSegmenterInputd", "LabelsOnSourceGridd", "Translated"]
+__all__ = ["PrepareSegmenterInputd", "ScoresOnSourceGridd", "LabelsOnSourceGridd", "Translated"]
 
 SOURCE_KEY = "medgen_source_grid"
 
@@ -70,6 +73,34 @@ class PrepareSegmenterInputd(MapTransform):
         return d
 
 
+def _source_grid(data: dict) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The (affine, shape) :class:`PrepareSegmenterInputd` remembered."""
+    grid = data[SOURCE_KEY]
+    affine = np.asarray(torch.as_tensor(grid["affine"]).cpu(), np.float64).reshape(4, 4)
+    shape = tuple(int(s) for s in np.asarray(torch.as_tensor(grid["shape"]).cpu()).reshape(-1))
+    return affine, shape
+
+
+class ScoresOnSourceGridd(MapTransform):
+    """Class scores in ``keys`` (``(C, *network grid)``) -> a label map on the grid remembered by
+    :class:`PrepareSegmenterInputd`: scores interpolated onto it, then arg-max, as uint8 / uint16."""
+
+    def __init__(self, keys, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        affine, shape = _source_grid(d)
+        for key in self.key_iterator(d):
+            scores = d[key]
+            network_affine = np.asarray(torch.as_tensor(scores.affine).cpu(), np.float64)
+            labels = argmax_on_grid(torch.as_tensor(scores).float().cpu().numpy(), network_affine, affine, shape)
+            d[key] = _meta_tensor(Volume(labels, affine), None)
+            if d[SOURCE_KEY].get("filename"):
+                d[key].meta["filename_or_obj"] = d[SOURCE_KEY]["filename"]
+        return d
+
+
 class LabelsOnSourceGridd(MapTransform):
     """Map label maps in ``keys`` (on the network's grid) back onto the grid remembered by
     :class:`PrepareSegmenterInputd`, by nearest neighbour, as uint8 / uint16."""
@@ -80,8 +111,7 @@ class LabelsOnSourceGridd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         grid = d[SOURCE_KEY]
-        affine = np.asarray(torch.as_tensor(grid["affine"]).cpu(), np.float64).reshape(4, 4)
-        shape = tuple(int(s) for s in np.asarray(torch.as_tensor(grid["shape"]).cpu()).reshape(-1))
+        affine, shape = _source_grid(d)
         for key in self.key_iterator(d):
             labels = _volume(d[key])
             reference = Volume(np.zeros(shape, np.uint8), affine)

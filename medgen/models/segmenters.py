@@ -18,8 +18,9 @@ Users bring CT segmentation models in several forms; the MR->CT->mask chain must
   installed with its weights.
 
 Every network-based segmenter does the same thing at inference: reorient to its orientation
-(RAS by default), resample to its spacing, scale HU to its input range, sliding-window
-arg-max, and map the labels back onto the input CT's exact grid with nearest neighbour.
+(RAS by default), resample to its spacing, scale HU to its input range, sliding-window class
+scores, interpolated back onto the input CT's exact grid before the arg-max
+(:func:`medgen.inference.segment.argmax_on_grid`: boundaries between network voxels, not blocks).
 A MONAI bundle does these steps with MONAI's own transforms (``Orientation``, ``Spacing``,
 ``sliding_window_inference`` with the bundle's blending, ``Invert``), so medgen's mask equals
 MONAI's own bundle inference voxel for voxel (:mod:`medgen.models.bundle_transforms`).
@@ -40,7 +41,7 @@ from medgen.errors import ModelError
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.volume import Volume
 from medgen.models.input_spec import InputSpec
-from medgen.inference.segment import segment_array
+from medgen.inference.segment import argmax_on_grid, sliding_window_scores
 from medgen.models.bundle import load_bundle, resolve_model
 from medgen.models.schemas import Sidecar, validate_description
 from medgen.runtime import resolve_precision
@@ -149,14 +150,14 @@ class NetworkSegmenter(CTSegmenter):
         work = self.prepare(ct_hu)
         self.network.to(device)
         pad = float(self.spec.scale(np.array([-1024.0]))[0])
-        labels = segment_array(self.network, work.array, patch_size=self.spec.patch_size, device=device,
-                               dtype=dtype, overlap=self.spec.overlap, pad_value=pad, tta=self.tta)
+        scores = sliding_window_scores(self.network, work.array, patch_size=self.spec.patch_size, device=device,
+                                       dtype=dtype, overlap=self.spec.overlap, pad_value=pad, tta=self.tta)
+        labels = argmax_on_grid(scores, work.affine, ct_hu.affine, ct_hu.shape)
+        del scores
         if self.tissue_ids:
             labels[np.isin(labels, sorted(self.tissue_ids))] = 0
         labels = _map_channels_to_ids(labels, self.label_names)
-        back = resample_like(work.with_array(labels), ct_hu, order=0)
-        return Volume(back.array, ct_hu.affine.copy(), None, ct_hu.series_uid,
-                      {"label_names": dict(self.label_names)})
+        return Volume(labels, ct_hu.affine.copy(), None, ct_hu.series_uid, {"label_names": dict(self.label_names)})
 
 
 def _map_channels_to_ids(labels: np.ndarray, names: dict[int, str]) -> np.ndarray:
