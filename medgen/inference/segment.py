@@ -21,8 +21,9 @@ from medgen.runtime import autocast
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sliding_window_scores", "segment_array", "argmax_on_grid", "auto_batch_size", "average_with_shifted_grid",
-           "tta_shift"]
+__all__ = ["sliding_window_scores", "segment_array", "argmax_on_grid", "extend_along_body_axis", "body_axis",
+           "repeat_end_slices",
+           "auto_batch_size", "average_with_shifted_grid", "tta_shift"]
 
 #: voxels of input windows per forward pass when the batch size is left to medgen. Measured with the
 #: shipped segmenter (64x64x32 windows) on 2 cores: 8 windows per pass were 1.7x faster than 2 on a
@@ -199,3 +200,62 @@ def argmax_on_grid(scores: torch.Tensor | np.ndarray, affine: np.ndarray, target
         labels[better] = c
     return labels
 
+
+
+def body_axis(affine: np.ndarray) -> int:
+    """The array axis closest to the world's superior-inferior axis (the body's long axis).
+
+    Examples:
+        >>> body_axis(np.diag([3.0, 3.0, 3.0, 1.0])), body_axis(np.array([[0, 0, 2.0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]))
+        (2, 0)
+    """
+    directions = np.asarray(affine, np.float64)[:3, :3]
+    directions = directions / np.linalg.norm(directions, axis=0, keepdims=True)
+    return int(np.argmax(np.abs(directions[2])))
+
+
+def extend_along_body_axis(volume: Volume, patch_size: Sequence[int]) -> Volume:
+    """``volume`` with its end slices repeated along the superior-inferior axis until it is one
+    window (``patch_size``) long there; unchanged if it already is.
+
+    A body scan's ends along the body axis cut through anatomy, whereas its in-plane borders lie in
+    the air around the patient. A scan shorter than the network's window there (a thin slab: a
+    20-slice, 60 mm abdominal MR in a 96 mm window) would otherwise be padded with air above and
+    below, anatomy ending in air, which the network never saw in training: on 60 mm slabs of a
+    training CT the 6 mm contrast-agnostic segmenter's mean Dice fell from 0.77 (the same slices
+    segmented within the whole CT) to 0.39 with air padding, and was 0.75 with the ends repeated
+    (docs/results.md). The added slices extend the grid in world coordinates (the affine's origin
+    moves with them), so scores on it map back onto the scan by :func:`argmax_on_grid`, which
+    leaves the added slices out.
+
+    Examples:
+        >>> v = Volume(np.arange(3.0).reshape(1, 1, 3), np.diag([2.0, 2.0, 6.0, 1.0]))
+        >>> e = extend_along_body_axis(v, (1, 1, 6))
+        >>> e.array.ravel().tolist(), float(e.affine[2, 3])
+        ([0.0, 0.0, 1.0, 2.0, 2.0, 2.0], -6.0)
+    """
+    axis = body_axis(volume.affine)
+    array, before = repeat_end_slices(volume.array, axis, int(patch_size[axis]))
+    if before is None:
+        return volume
+    affine = np.asarray(volume.affine, np.float64).copy()
+    affine[:3, 3] -= affine[:3, axis] * before
+    return Volume(array, affine, volume.source, volume.series_uid, dict(volume.meta))
+
+
+def repeat_end_slices(array: np.ndarray, axis: int, length: int) -> tuple[np.ndarray, int | None]:
+    """``array`` at least ``length`` long along ``axis``, its end slices repeated (half the added
+    slices before it, half after); and how many went before (None: ``array`` was long enough).
+
+    Examples:
+        >>> a, before = repeat_end_slices(np.arange(2).reshape(1, 2), 1, 5)
+        >>> a.tolist(), before
+        ([[0, 0, 1, 1, 1]], 1)
+    """
+    missing = int(length) - array.shape[axis]
+    if missing <= 0:
+        return array, None
+    before = missing // 2
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (before, missing - before)
+    return np.pad(array, widths, mode="edge"), before

@@ -8,7 +8,8 @@ is a normal MONAI bundle config: ``LoadImaged`` -> these transforms / MONAI's
 as medgen's, voxel for voxel, instead of a near copy from similar-but-different MONAI resamplers.
 
 * :class:`PrepareSegmenterInputd`: image -> the segmenter's orientation, spacing and intensity
-  scaling (:meth:`medgen.models.segmenters.NetworkSegmenter.prepare_image`); remembers the source grid;
+  scaling, extended along the body axis to one window (:meth:`medgen.models.segmenters.NetworkSegmenter.window_input`);
+  remembers the source grid;
 * :class:`ScoresOnSourceGridd`: class scores -> labels on the source grid (scores interpolated,
   then arg-max: :func:`medgen.inference.segment.argmax_on_grid`, as ``medgen segment`` does);
 * :class:`LabelsOnSourceGridd`: arg-max'd labels -> the source grid (nearest neighbour; what
@@ -57,7 +58,8 @@ def _meta_tensor(volume: Volume, like, channel: bool = True) -> MetaTensor:
 
 
 class PrepareSegmenterInputd(MapTransform):
-    """Reorient, resample and scale ``keys`` as a medgen segmenter with ``input_spec`` expects."""
+    """Reorient, resample, scale and extend ``keys`` as a medgen segmenter with ``input_spec`` expects
+    (:meth:`~medgen.models.segmenters.NetworkSegmenter.window_input`)."""
 
     def __init__(self, keys, input_spec: dict, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -69,7 +71,7 @@ class PrepareSegmenterInputd(MapTransform):
             source = _volume(d[key])
             d[SOURCE_KEY] = {"affine": source.affine, "shape": np.asarray(source.shape),
                              "filename": d[key].meta.get("filename_or_obj") if isinstance(d[key], MetaTensor) else None}
-            d[key] = _meta_tensor(NetworkSegmenter.prepare_image(source, self.spec), d[key])
+            d[key] = _meta_tensor(NetworkSegmenter.window_input(source, self.spec), d[key])
         return d
 
 

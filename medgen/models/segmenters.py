@@ -18,7 +18,8 @@ Users bring CT segmentation models in several forms; the MR->CT->mask chain must
   installed with its weights.
 
 Every network-based segmenter does the same thing at inference: reorient to its orientation
-(RAS by default), resample to its spacing, scale HU to its input range, sliding-window class
+(RAS by default), resample to its spacing, scale HU to its input range, extend a scan shorter than
+one window along the body axis by repeating its end slices (not with air), sliding-window class
 scores, interpolated back onto the input CT's exact grid before the arg-max
 (:func:`medgen.inference.segment.argmax_on_grid`: boundaries between network voxels, not blocks).
 A MONAI bundle does these steps with MONAI's own transforms (``Orientation``, ``Spacing``,
@@ -41,7 +42,7 @@ from medgen.errors import ModelError
 from medgen.io.geometry import reorient, resample_like, resample_to_spacing
 from medgen.io.volume import Volume
 from medgen.models.input_spec import InputSpec
-from medgen.inference.segment import argmax_on_grid, sliding_window_scores
+from medgen.inference.segment import argmax_on_grid, extend_along_body_axis, sliding_window_scores
 from medgen.models.bundle import load_bundle, resolve_model
 from medgen.models.schemas import Sidecar, validate_description
 from medgen.runtime import resolve_precision
@@ -144,10 +145,17 @@ class NetworkSegmenter(CTSegmenter):
         """The CT reoriented, resampled and intensity-scaled as this network expects."""
         return self.prepare_image(ct_hu, self.spec)
 
+    @staticmethod
+    def window_input(ct_hu: Volume, spec: InputSpec) -> Volume:
+        """:meth:`prepare_image`, extended along the body axis to at least one window by repeating
+        its end slices (:func:`medgen.inference.segment.extend_along_body_axis`): what the sliding
+        windows run on, in ``medgen segment`` and in an exported bundle alike."""
+        return extend_along_body_axis(NetworkSegmenter.prepare_image(ct_hu, spec), spec.patch_size)
+
     def segment(self, ct_hu: Volume, *, device="cpu", precision="fp32") -> Volume:
         device = torch.device(device)
         dtype = _dtype(precision, device)
-        work = self.prepare(ct_hu)
+        work = self.window_input(ct_hu, self.spec)
         self.network.to(device)
         pad = float(self.spec.scale(np.array([-1024.0]))[0])
         scores = sliding_window_scores(self.network, work.array, patch_size=self.spec.patch_size, device=device,

@@ -40,6 +40,7 @@ from medgen.errors import InputError
 from medgen.io.geometry import reorient, resample_like
 from medgen.io.volume import Volume
 from medgen.models.input_spec import InputSpec
+from medgen.inference.segment import body_axis, repeat_end_slices
 from medgen.models.segmenters import NetworkSegmenter
 from medgen.runtime import autocast
 from medgen import distributed
@@ -315,6 +316,9 @@ class PreparedCase:
     classes: np.ndarray | None = None  # rendering classes (labels + HU tissue bands), same grid
     hu_sums: np.ndarray | None = None  # per target class: sum of the CT's HU (class_mean_hu), training only
     hu_counts: np.ndarray | None = None  # per target class: voxel count
+    # array axis along the body (superior-inferior): beyond the scan there, patches repeat its end
+    # slices (the anatomy goes on), as inference extends a short scan; None: air on every side
+    body_axis: int | None = None
 
 
 def training_label_names(plan: LabelPlan, synth: SynthConfig) -> dict[int, str]:
@@ -382,7 +386,7 @@ def prepare_case(case_id: str, image: Volume, label: Volume, spec: InputSpec, pl
     remapped = label.with_array(plan.apply(label.array, label.name))
     grid = NetworkSegmenter.prepare_grid(image, spec)
     lab = resample_like(remapped, grid, order=0).array.astype(np.uint8)
-    case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic)
+    case = PreparedCase(case_id, spec.scale(grid.array), lab, synthetic, body_axis=body_axis(grid.affine))
     if synth is not None:
         hu = median_smoothed(grid.array, synth.class_median)
         banding = {"n_label_ids": len(plan.names), "bands": synth.hu_bands}
@@ -467,27 +471,37 @@ def patch_start(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Gene
     return centre - np.array(patch) // 2
 
 
-def crop(array: np.ndarray, start: np.ndarray, patch: tuple[int, int, int], pad_value) -> np.ndarray:
-    """The ``patch``-sized block of ``array`` at corner ``start``, padded with ``pad_value`` outside."""
-    shape = np.array(array.shape)
-    p = np.array(patch)
-    out = np.full(patch, pad_value, array.dtype)
-    src_lo = np.maximum(start, 0)
-    src_hi = np.minimum(start + p, shape)
-    dst_lo = src_lo - start
-    dst_hi = dst_lo + (src_hi - src_lo)
-    if np.all(src_hi > src_lo):
-        out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+def crop(array: np.ndarray, start: np.ndarray, patch: tuple[int, int, int], pad_value,
+         edge_axis: int | None = None) -> np.ndarray:
+    """The ``patch``-sized block of ``array`` at corner ``start``, padded with ``pad_value`` outside;
+    along ``edge_axis`` the end slices are repeated instead (a scan's ends along the body cut
+    through anatomy, which goes on; inference extends a short scan the same way:
+    :func:`medgen.inference.segment.extend_along_body_axis`).
+
+    Examples:
+        >>> a = np.arange(6).reshape(1, 2, 3)
+        >>> crop(a, np.array([0, -1, 1]), (1, 3, 3), -9, edge_axis=2).tolist()
+        [[[-9, -9, -9], [1, 2, 2], [4, 5, 5]]]
+    """
+    index, inside = [], []
+    for axis, (lo, size, n) in enumerate(zip(np.asarray(start, np.int64), patch, array.shape)):
+        i = np.arange(lo, lo + size)
+        inside.append(np.ones(size, bool) if axis == edge_axis else (i >= 0) & (i < n))
+        index.append(np.clip(i, 0, n - 1))
+    out = array[np.ix_(*index)]
+    if not all(m.all() for m in inside):
+        out[~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])] = pad_value
     return out
 
 
 def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Generator,
                  foreground_fraction: float, pad_value: float = -1.0,
                  label_pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One image/label patch (see :func:`patch_start`); outside the image: ``pad_value`` / ``label_pad``."""
+    """One image/label patch (see :func:`patch_start`); outside the image: ``pad_value`` / ``label_pad``
+    (end slices repeated along ``case.body_axis``: :func:`crop`)."""
     start = patch_start(case, patch, gen, foreground_fraction)
-    return (crop(case.image.astype(np.float32, copy=False), start, patch, pad_value),
-            crop(case.label, start, patch, label_pad))
+    return (crop(case.image.astype(np.float32, copy=False), start, patch, pad_value, case.body_axis),
+            crop(case.label, start, patch, label_pad, case.body_axis))
 
 
 def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -623,8 +637,8 @@ class SegmenterTask:
         start = patch_start(case, patch, self.gen, cfg.data.foreground_fraction)
         margin = np.array(patch) // 4
         block = tuple(int(p + 2 * m) for p, m in zip(patch, margin))
-        cls = crop(case.classes, start - margin, block, self.air_class)
-        lab = crop(case.label, start - margin, block, self.label_pad)
+        cls = crop(case.classes, start - margin, block, self.air_class, case.body_axis)
+        lab = crop(case.label, start - margin, block, self.label_pad, case.body_axis)
         grid = random_grid(patch, self.gen, self.warp)
         grid = grid * torch.tensor([p / b for p, b in zip(patch, block)][::-1])  # central patch of the block
         present = getattr(case, "_render_ids", None)
@@ -691,9 +705,15 @@ class SegmenterTask:
         prefix = "dice" if self.val_cases else "fit_dice"  # fit_dice: measured on a training case
         self.net.eval()
         scores: dict[str, list[float]] = {}
+        patch = self.config.data.patch_size
         for case in cases:
-            pred = segment_array(self.network, case.image, patch_size=self.config.data.patch_size,
-                                 device=self.device, dtype=self.dtype, overlap=0.25, pad_value=-1.0)
+            image, before = case.image, None
+            if case.body_axis is not None:  # a short scan extended as inference extends it
+                image, before = repeat_end_slices(image, case.body_axis, patch[case.body_axis])
+            pred = segment_array(self.network, image, patch_size=patch, device=self.device, dtype=self.dtype,
+                                 overlap=0.25, pad_value=-1.0)
+            if before is not None:
+                pred = np.take(pred, np.arange(before, before + case.image.shape[case.body_axis]), axis=case.body_axis)
             for cid, name in self.label_names.items():
                 if cid == 0 or not (case.label == cid).any():
                     continue

@@ -234,3 +234,46 @@ def test_scores_on_the_same_lattice_map_exactly_like_the_labels_and_outside_is_b
     wider[:3, 3] -= [20.0, 0.0, 0.0]
     out = argmax_on_grid(scores, grid.affine, wider, (16, 5, 3))
     assert (out[:9] == 0).all() and np.array_equal(out[10:], labels.array)
+
+
+def test_a_slab_shorter_than_the_window_is_extended_along_the_body_not_padded_with_air():
+    """The network must see the anatomy go on above and below a thin slab, not end in air; in-plane,
+    beyond the scan's border, it still sees air. Whatever the stored orientation."""
+    from medgen.models.segmenters import NetworkSegmenter
+    from medgen.models.input_spec import InputSpec
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.cat([torch.zeros_like(x), x], dim=1)
+
+    body = np.full((12, 10, 4), 200.0, np.float32)  # 4 slices of soft tissue, nothing else
+    slab = reorient(Volume(body, np.diag([3.0, 3.0, 3.0, 1.0])), "LPI")
+    spec = InputSpec(spacing=(3.0, 3.0, 3.0), a_min=-1000, a_max=1000, b_min=-1, b_max=1, patch_size=(16, 16, 8))
+    mask = NetworkSegmenter(Recorder(), spec, {0: "background", 1: "tissue"}).segment(slab)
+
+    assert mask.same_grid(slab) and (mask.array == 1).all()
+    windows = torch.cat(seen)[:, 0]
+    air = float(spec.scale(np.array([-1024.0]))[0])
+    tissue = torch.isclose(windows, torch.tensor(0.2))
+    # every one of the 8 window slices (4 of them repeated) holds the whole 12 x 10 cross-section ...
+    assert (tissue.sum(dim=(1, 2)) == 12 * 10).all()
+    # ... and the rest, beyond the scan's in-plane border, is air
+    assert torch.isclose(windows[~tissue], torch.tensor(air)).all()
+
+
+def test_extended_grid_keeps_every_scan_voxel_at_its_world_position():
+    from medgen.inference.segment import body_axis, extend_along_body_axis
+
+    rng = np.random.default_rng(1)
+    scan = reorient(Volume(rng.random((6, 5, 3)).astype(np.float32), np.diag([2.0, 2.0, 5.0, 1.0])), "SAR")
+    assert body_axis(scan.affine) == 0  # stored superior-first: the body axis is the first array axis
+    extended = extend_along_body_axis(scan, (8, 4, 4))
+    assert scan.shape == (3, 5, 6) and extended.shape == (8, 5, 6)
+    assert extend_along_body_axis(scan, (3, 4, 4)) is scan
+    back = resample_to_grid(extended, scan.affine, scan.shape, order=0)
+    np.testing.assert_array_equal(back.array, scan.array)
+    np.testing.assert_array_equal(extended.array[0], scan.array[0])  # the added slices repeat the ends
+    np.testing.assert_array_equal(extended.array[-1], scan.array[-1])

@@ -55,12 +55,14 @@ def _medgen_segment(image: Path, bundle: Path, out: Path) -> Volume:
     return read_volume(out, kind="label")
 
 
-def test_medgen_segmenter_bundle_runs_with_monai_config_parser_same_mask(tmp_path):
+@pytest.mark.parametrize("slices", [20, 4], ids=["whole", "thin_slab"])
+def test_medgen_segmenter_bundle_runs_with_monai_config_parser_same_mask(tmp_path, slices):
     bundle = medgen_segmenter_bundle(tmp_path / "bundle")
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     module, cls = config["network_def"]["_target_"].rsplit(".", 1)
     assert getattr(importlib.import_module(module), cls)  # an importable _target_
-    image = _image(tmp_path, "ct")
+    # thin_slab: 4 slices of 5 mm, shorter than the 16 x 3 mm window: extended by repeating its ends
+    image = _image(tmp_path, "ct", shape=(40, 36, slices))
     ours = _medgen_segment(image, bundle, tmp_path / "medgen_mask.nii.gz")
     theirs = read_volume(_monai_parser_run(bundle, image, tmp_path / "monai", {"device": "$torch.device('cpu')"}),
                          kind="label")

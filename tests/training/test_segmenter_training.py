@@ -13,7 +13,7 @@ from medgen.io.geometry import reorient
 from medgen.io.volume import Volume
 from medgen.io.writers import write_volume
 from medgen.training.segmenter import (SegmenterConfig, align_label, augment_intensity, augment_label_intensity,
-                                       plan_labels)
+                                       plan_labels, prepare_case, sample_patch)
 
 TINY = ["data.patch_size=[32,32,16]", "network.channels=[4,8]", "network.strides=[2]", "data.spacing=[4,4,6]",
         "train.validate_every=4", "train.checkpoint_every=4", "train.log_every=2"]
@@ -161,3 +161,30 @@ def test_init_from_a_missing_model_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no_model" in err[0] and "does not exist" in err[0]
     assert not (tmp_path / "run" / "bundle").exists()
+
+
+def test_patches_of_a_thin_scan_repeat_its_end_slices_along_the_body_and_pad_air_in_plane():
+    """Training patches see beyond a scan what inference windows see: the anatomy going on above and
+    below (end slices repeated, labels with them), air beyond the in-plane border."""
+    import torch
+    from medgen.models.input_spec import InputSpec
+
+    hu = np.full((20, 20, 3), -1000.0, np.float32)
+    hu[4:16, 4:16] = 40.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[6:12, 6:12] = 1
+    labels[6:12, 6:12, 2] = 2  # the top slice holds another structure
+    ct = reorient(Volume(hu, np.diag([4.0, 4.0, 6.0, 1.0])), "LPI")  # stored inferior-first
+    lab = reorient(Volume(labels, np.diag([4.0, 4.0, 6.0, 1.0])), "LPI")
+    spec = InputSpec(spacing=(4.0, 4.0, 6.0), a_min=-1000, a_max=1000, b_min=-1, b_max=1, patch_size=(32, 32, 16))
+    plan = plan_labels({0: "background", 1: "liver", 2: "spleen"}, None)
+    case = prepare_case("thin", ct, lab, spec, plan)
+    assert case.body_axis == 2 and case.image.shape == (20, 20, 3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        img, seg = sample_patch(case, (32, 32, 16), gen, foreground_fraction=1.0)
+        body = img > -0.5
+        assert (body.sum(axis=(0, 1)) == 144).all()  # every slice of the patch holds the 12 x 12 body
+        per_slice = [int(seg[..., z].max()) for z in range(16)]
+        # inferior to superior: liver slices, then the spleen's top slice repeated (labels follow the image)
+        assert set(per_slice) <= {1, 2} and per_slice == sorted(per_slice)
