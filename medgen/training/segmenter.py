@@ -81,6 +81,10 @@ class DataConfig(StrictModel):
     #: 2 real cases with 16 synthetic ones shows the real anatomy only 11% of the time; a fixed
     #: share (e.g. 0.5) keeps the real data in the mix whatever the synthetic set's size.
     real_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: share of patches (real and rendered) cut to a thin scan along the body axis: a random run
+    #: of slices kept and its end slices repeated over the rest of the patch, which is how
+    #: inference extends a scan shorter than one window (:func:`thin_scan`)
+    thin_scan_prob: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class AugmentConfig(StrictModel):
@@ -504,6 +508,25 @@ def sample_patch(case: PreparedCase, patch: tuple[int, int, int], gen: torch.Gen
             crop(case.label, start, patch, label_pad, case.body_axis))
 
 
+def thin_scan(x: torch.Tensor, y: torch.Tensor, axis: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``(1, 1, X, Y, Z)`` image/label patch as a thin scan would reach the network: a random run of
+    a quarter to all but one of its slices along spatial ``axis`` kept, the rest of the patch filled
+    by repeating that run's end slices (image and labels alike), as
+    :func:`medgen.inference.segment.extend_along_body_axis` extends a short scan to one window.
+
+    Examples:
+        >>> x = torch.arange(8.0).view(1, 1, 1, 1, 8)
+        >>> a, b = thin_scan(x, x.long(), 2, torch.Generator().manual_seed(0))
+        >>> a.flatten().tolist(), bool((a.long() == b).all())
+        ([4.0, 4.0, 4.0, 4.0, 4.0, 5.0, 6.0, 7.0], True)
+    """
+    n = x.shape[2 + axis]
+    keep = int(torch.randint(max(1, n // 4), n, (), generator=gen))
+    start = int(torch.randint(0, n - keep + 1, (), generator=gen))
+    index = torch.arange(n).clamp(start, start + keep - 1)
+    return x.index_select(2 + axis, index), y.index_select(2 + axis, index)
+
+
 def augment_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Random intensity/contrast changes of one ``(1, 1, X, Y, Z)`` patch in [-1, 1].
 
@@ -673,15 +696,18 @@ class SegmenterTask:
             if (cfg.synth.enabled and case.classes is not None
                     and float(torch.rand((), generator=self.gen)) >= real_share):
                 x, y = self.rendered_patch(case, patch)
-                imgs.append(x.cpu())
-                labs.append(y.cpu())
-                continue
-            img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction, label_pad=self.label_pad)
-            x = torch.from_numpy(img)[None, None]
-            y = torch.from_numpy(lab.astype(np.int64))[None, None]
-            x, y = augment_scale(x, y, cfg.augment, self.gen)
-            x = augment_label_intensity(x, y, cfg.augment, self.gen)
-            x = augment_intensity(x, cfg.augment, self.gen)
+                x, y = x.cpu(), y.cpu()
+            else:
+                img, lab = sample_patch(case, patch, self.gen, cfg.data.foreground_fraction,
+                                        label_pad=self.label_pad)
+                x = torch.from_numpy(img)[None, None]
+                y = torch.from_numpy(lab.astype(np.int64))[None, None]
+                x, y = augment_scale(x, y, cfg.augment, self.gen)
+                x = augment_label_intensity(x, y, cfg.augment, self.gen)
+                x = augment_intensity(x, cfg.augment, self.gen)
+            if (cfg.data.thin_scan_prob > 0 and case.body_axis is not None
+                    and float(torch.rand((), generator=self.gen)) < cfg.data.thin_scan_prob):
+                x, y = thin_scan(x, y, case.body_axis, self.gen)
             imgs.append(x)
             labs.append(y)
         return torch.cat(imgs).to(self.device), torch.cat(labs).to(self.device)
