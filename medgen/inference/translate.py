@@ -8,7 +8,9 @@ The chain (each step invertible, so the output lands exactly on the input grid):
            2D / 2.5D: batches of axial slice stacks; each slice's predictions from the
                       overlapping stacks are blended (stack_blend="mean") or the centre
                       channel is taken ("centre") -> slice-consistent output
-           3D:        overlapping windows with Gaussian blending (MONAI sliding_window_inference)
+           3D:        overlapping windows with Gaussian blending (MONAI sliding_window_inference);
+                      a scan shorter than the window along the body axis is extended by repeating
+                      its end slices, as ``medgen segment`` extends it (not padded with air)
       -> [-1, 1] -> HU through the CT window the translator was trained with
       -> background outside the MR body mask set to air (optional, the bundle says)
       -> invert back onto the MR's source grid; outside the preprocessed field of view: -1000 HU
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from medgen.errors import InputError, ModelError
+from medgen.inference.segment import body_axis, repeat_end_slices
 from medgen.io.volume import Volume
 from medgen.progress import progress
 from medgen.runtime import autocast, resolve_device, resolve_precision
@@ -232,11 +235,17 @@ def translate_result(translator: Translator, result, *, device: torch.device, dt
                      show_progress: bool = True, mask_background: bool | None = None) -> TranslationResult:
     """Translate an already preprocessed MR (a ``PreprocessResult`` of the translator's recipe)."""
     s = translator.settings
-    unit = translate_array(translator.network, result.image.array, spatial_dims=translator.spatial_dims,
+    image, axis, before = result.image.array, body_axis(result.image.affine), None
+    if translator.spatial_dims == 3 and s.get("window_size"):
+        # a scan shorter than the window along the body goes on, not into air (as medgen segment extends it)
+        image, before = repeat_end_slices(image, axis, int(s["window_size"][axis]))
+    unit = translate_array(translator.network, image, spatial_dims=translator.spatial_dims,
                            context=translator.context, device=device, dtype=dtype,
                            batch_slices=int(s.get("batch_slices", 8)), stack_blend=s.get("stack_blend", "mean"),
                            window_size=s.get("window_size"), overlap=float(s.get("overlap", 0.5)),
                            show_progress=show_progress)
+    if before is not None:
+        unit = np.take(unit, np.arange(before, before + result.image.shape[axis]), axis=axis)
     unit = np.clip(unit, -1.0, 1.0)
     if mask_background is None:
         mask_background = bool(s.get("mask_background", True))

@@ -154,3 +154,34 @@ def test_run_dir_and_wrong_kind_are_resolved_or_refused(bundle_25d, tmp_path):
     from medgen.errors import ModelError
     with pytest.raises(ModelError, match="translator"):
         load_translator(other)
+
+
+def test_3d_windows_see_a_thin_scan_go_on_along_the_body_not_end_in_air():
+    """A 3-slice MR under a 16-slice window: every window slice holds the body, none is air."""
+    from medgen.inference.translate import Translator, translate_result
+    from medgen.transforms.recipes import PreprocessConfig, preprocess
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        size_multiple = 4
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x
+
+    array = np.zeros((24, 20, 3), np.float32)  # air around a 16 x 12 body in every slice
+    array[4:20, 4:16] = np.random.default_rng(0).uniform(400, 600, (16, 12, 3))
+    mr = Volume(array, np.diag([2.0, 2.0, 4.0, 1.0]))
+    recipe = PreprocessConfig.model_validate({"modality": "mr", "spacing": None, "crop": {"enabled": False}})
+    translator = Translator(Recorder(), spatial_dims=3, context=1, ct_window=(-1000.0, 1000.0),
+                            preprocess=recipe.model_dump(), settings={"window_size": [24, 20, 16],
+                                                                      "mask_background": False})
+    result = preprocess(mr, recipe)
+    out = translate_result(translator, result, device=torch.device("cpu"), dtype=torch.float32,
+                           show_progress=False)
+    windows = torch.cat(seen)[:, 0]
+    assert windows.shape[-1] == 16 and out.sct_unit.shape == result.image.shape
+    # every one of the 16 window slices (13 of them repeated) holds the body (its 192 voxels, most
+    # of them above -0.5 after the MR's percentile scaling); none is air
+    assert (windows > -0.5).sum(dim=(1, 2)).min() > 100
