@@ -22,8 +22,7 @@ from medgen.runtime import autocast
 log = logging.getLogger(__name__)
 
 __all__ = ["sliding_window_scores", "segment_array", "argmax_on_grid", "extend_along_body_axis", "body_axis",
-           "repeat_end_slices",
-           "auto_batch_size", "average_with_shifted_grid", "tta_shift"]
+           "repeat_end_slices", "auto_batch_size", "average_with_shifted_grid", "tta_shift"]
 
 #: voxels of input windows per forward pass when the batch size is left to medgen. Measured with the
 #: shipped segmenter (64x64x32 windows) on 2 cores: 8 windows per pass were 1.7x faster than 2 on a
@@ -199,7 +198,6 @@ def argmax_on_grid(scores: torch.Tensor | np.ndarray, affine: np.ndarray, target
         best[better] = moved[better]
         labels[better] = c
     return labels
-
 
 
 def body_axis(affine: np.ndarray) -> int:
